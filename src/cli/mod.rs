@@ -1,0 +1,4 @@
+//! Command-line helpers for people: `sseplane publish` and `sseplane watch`.
+
+pub mod publish;
+pub mod watch;

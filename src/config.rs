@@ -1,0 +1,176 @@
+//! Command line and environment: every flag of `sseplane serve` is also
+//! `SSEPLANE_<FLAG>`; the defaults live here and nowhere else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::policy::{EffectivePolicy, Retention};
+
+/// The `sseplane` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sseplane",
+    version,
+    about = "Server-Sent Events over a Redis backplane"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ServeArgs),
+    /// Publish one event to a running service.
+    Publish(crate::cli::publish::PublishArgs),
+    /// Print the events of one or more channels as they arrive.
+    Watch(crate::cli::watch::WatchArgs),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal.
+    Text,
+    /// One JSON object per line, for containers.
+    Json,
+}
+
+/// Settings of `sseplane serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Public API address.
+    #[arg(long, env = "SSEPLANE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin API address (health, readiness, diagnostics).
+    #[arg(long, env = "SSEPLANE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// Redis URL (`redis://host:6379/0`); unset runs the in-memory backplane (one instance).
+    #[arg(long, env = "SSEPLANE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel sseplane uses.
+    #[arg(long, env = "SSEPLANE_REDIS_PREFIX", default_value = "sseplane")]
+    pub redis_prefix: String,
+    /// Name of this replica in diagnostics and the `X-Sseplane-Replica` header
+    /// (default: `POD_NAME`, else the host name).
+    #[arg(long, env = "SSEPLANE_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Origins allowed to call the public API from a browser: `*` or a comma-separated list.
+    #[arg(long, env = "SSEPLANE_CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+    /// Default keepalive: a `: keepalive` comment after this much quiet.
+    #[arg(long, env = "SSEPLANE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub keepalive: Duration,
+    /// Default `retry:` given to clients.
+    #[arg(long, env = "SSEPLANE_RETRY", default_value = "3s", value_parser = parse_duration)]
+    pub retry: Duration,
+    /// Default history length per channel (0 = no replay).
+    #[arg(long, env = "SSEPLANE_HISTORY_MAX_EVENTS", default_value_t = 1000)]
+    pub history_max_events: u64,
+    /// Default history age per channel (0s = no replay).
+    #[arg(long, env = "SSEPLANE_HISTORY_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
+    pub history_max_age: Duration,
+    /// Default limit of a whole publish body, in bytes.
+    #[arg(long, env = "SSEPLANE_MAX_PAYLOAD_BYTES", default_value_t = 65536)]
+    pub max_payload_bytes: usize,
+    /// Default per-connection queue: a client this many events behind is disconnected
+    /// (it reconnects and resumes from history).
+    #[arg(long, env = "SSEPLANE_QUEUE_EVENTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub queue_events: u32,
+    /// Most channels on one stream.
+    #[arg(long, env = "SSEPLANE_MAX_CHANNELS_PER_STREAM", default_value_t = 100)]
+    pub max_channels_per_stream: usize,
+    /// Time allowed after SIGTERM for open streams to end before the process exits.
+    #[arg(long, env = "SSEPLANE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log format.
+    #[arg(long, env = "SSEPLANE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `sseplane=debug`, …); `RUST_LOG` works too.
+    #[arg(long, env = "SSEPLANE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        Cli::parse_from(["sseplane"]).serve
+    }
+}
+
+impl ServeArgs {
+    /// The replica name: the flag, else `POD_NAME`, else the host name.
+    pub fn replica_id(&self) -> String {
+        self.replica_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "sseplane".to_owned())
+    }
+
+    /// The policy for channels no `ChannelPolicy` matches.
+    pub fn default_policy(&self) -> EffectivePolicy {
+        EffectivePolicy {
+            source: "default".to_owned(),
+            keepalive: self.keepalive,
+            retry: self.retry,
+            history: Retention {
+                max_events: self.history_max_events,
+                max_age: self.history_max_age,
+            },
+            max_payload_bytes: self.max_payload_bytes,
+            queue_events: self.queue_events as usize,
+        }
+    }
+}
+
+/// Parses `250ms`, `15s`, `1h`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 250ms, 15s, 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let args = ServeArgs::default();
+        assert_eq!(args.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.admin_listen.to_string(), "0.0.0.0:9090");
+        assert!(args.redis_url.is_none());
+        assert_eq!(args.keepalive, Duration::from_secs(15));
+        assert_eq!(args.retry, Duration::from_secs(3));
+        assert_eq!(args.history_max_events, 1000);
+        assert_eq!(args.history_max_age, Duration::from_secs(3600));
+        assert_eq!(args.max_payload_bytes, 65536);
+    }
+
+    #[test]
+    fn serve_flags_work_with_and_without_the_subcommand() {
+        let cli = Cli::parse_from(["sseplane", "--keepalive", "250ms"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.keepalive, Duration::from_millis(250));
+        let cli = Cli::parse_from(["sseplane", "serve", "--retry", "1h"]);
+        match cli.command {
+            Some(Command::Serve(args)) => assert_eq!(args.retry, Duration::from_secs(3600)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["sseplane", "--keepalive", "soon"]).is_err());
+    }
+}

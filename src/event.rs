@@ -1,0 +1,371 @@
+//! Events as they travel: positions (ids), validated names, compact JSON data,
+//! and the envelope that carries an event between replicas.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+/// Longest channel name accepted.
+pub const MAX_CHANNEL_LEN: usize = 200;
+/// Longest event type accepted.
+pub const MAX_EVENT_TYPE_LEN: usize = 64;
+/// Event types with this prefix are sseplane's own (`sseplane.gap`).
+pub const RESERVED_EVENT_PREFIX: &str = "sseplane.";
+/// The event type of the notice sent when history no longer covers a resume position.
+pub const GAP_EVENT: &str = "sseplane.gap";
+
+/// A position in one channel's history: the same `<ms>-<seq>` shape as a Redis
+/// stream id, so ids mean the same on every replica and on both backplanes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// Milliseconds since the Unix epoch on the clock that issued the id.
+    pub ms: u64,
+    /// Sequence within that millisecond.
+    pub seq: u64,
+}
+
+impl Position {
+    /// The position before any event of a channel.
+    pub const ZERO: Position = Position { ms: 0, seq: 0 };
+
+    /// The position that follows `self` on the same clock millisecond.
+    pub fn next_after(self, now_ms: u64) -> Position {
+        if now_ms > self.ms {
+            Position { ms: now_ms, seq: 0 }
+        } else {
+            Position {
+                ms: self.ms,
+                seq: self.seq + 1,
+            }
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Why a position could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a position of the form <ms>-<seq>")]
+pub struct BadPosition;
+
+impl FromStr for Position {
+    type Err = BadPosition;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s.split_once('-').ok_or(BadPosition)?;
+        Ok(Position {
+            ms: parse_decimal(ms)?,
+            seq: parse_decimal(seq)?,
+        })
+    }
+}
+
+/// Strict decimal: digits only, no sign, no leading `+`, at most 20 digits.
+fn parse_decimal(s: &str) -> Result<u64, BadPosition> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(BadPosition);
+    }
+    s.parse().map_err(|_| BadPosition)
+}
+
+/// Checks a channel name: 1–200 characters of `A-Z a-z 0-9 _ - . : @ /`.
+pub fn validate_channel(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_CHANNEL_LEN {
+        return Err(format!(
+            "channel names are 1 to {MAX_CHANNEL_LEN} characters long"
+        ));
+    }
+    match name.bytes().find(|b| !is_channel_byte(*b)) {
+        None => Ok(()),
+        Some(_) => Err(format!(
+            "channel {name:?} has a character outside A-Z a-z 0-9 _ - . : @ /"
+        )),
+    }
+}
+
+fn is_channel_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/')
+}
+
+/// Checks a publisher's event type: 1–64 characters of `A-Z a-z 0-9 _ - . :`,
+/// not in the reserved `sseplane.` namespace.
+pub fn validate_event_type(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_EVENT_TYPE_LEN {
+        return Err(format!(
+            "event types are 1 to {MAX_EVENT_TYPE_LEN} characters long"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        return Err(format!(
+            "event type {name:?} has a character outside A-Z a-z 0-9 _ - . :"
+        ));
+    }
+    if name.starts_with(RESERVED_EVENT_PREFIX) {
+        return Err(format!(
+            "event types starting with {RESERVED_EVENT_PREFIX:?} are reserved"
+        ));
+    }
+    Ok(())
+}
+
+/// Returns the compact text of a JSON value: the same value, with the whitespace
+/// between tokens removed. Numbers, strings and key order stay byte-for-byte as
+/// published, and valid JSON never holds a raw line break inside a string, so the
+/// result is always one line.
+pub fn compact_json(raw: &RawValue) -> String {
+    let text = raw.get();
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What a publisher sent for one event, validated: the type (if any), the compact
+/// JSON data, the publish time and the caller's trace context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBody {
+    /// The SSE `event:` type; `None` makes browsers fire `onmessage`.
+    pub event_type: Option<String>,
+    /// Compact JSON text of the data, one line.
+    pub data: String,
+    /// Publish time in Unix milliseconds (for lag measurement).
+    pub published_ms: u64,
+    /// W3C `traceparent` of the publish, empty when none.
+    pub trace_parent: String,
+}
+
+/// Envelope format version written first in every envelope.
+const ENVELOPE_VERSION: &str = "v1";
+
+/// Why an envelope from the backplane could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed backplane envelope: {0}")]
+pub struct BadEnvelope(pub &'static str);
+
+impl EventBody {
+    /// Encodes the body for the backplane: `v1\n<type>\n<traceparent>\n<ms>\n<data>`.
+    /// Every field but the data is validated to hold no line break, and compact
+    /// JSON holds none either, so the fields can be split back unambiguously.
+    pub fn encode(&self) -> String {
+        let event_type = self.event_type.as_deref().unwrap_or("");
+        let mut out = String::with_capacity(
+            self.data.len() + event_type.len() + self.trace_parent.len() + 32,
+        );
+        out.push_str(ENVELOPE_VERSION);
+        out.push('\n');
+        out.push_str(event_type);
+        out.push('\n');
+        out.push_str(&self.trace_parent);
+        out.push('\n');
+        out.push_str(&self.published_ms.to_string());
+        out.push('\n');
+        out.push_str(&self.data);
+        out
+    }
+
+    /// Decodes what [`EventBody::encode`] wrote.
+    pub fn decode(text: &str) -> Result<EventBody, BadEnvelope> {
+        let mut parts = text.splitn(5, '\n');
+        if parts.next() != Some(ENVELOPE_VERSION) {
+            return Err(BadEnvelope("unknown version"));
+        }
+        let event_type = parts.next().ok_or(BadEnvelope("no event type"))?;
+        let trace_parent = parts.next().ok_or(BadEnvelope("no trace context"))?;
+        let published_ms = parts
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .ok_or(BadEnvelope("no publish time"))?;
+        let data = parts.next().ok_or(BadEnvelope("no data"))?;
+        if data.contains(['\n', '\r']) || data.is_empty() {
+            return Err(BadEnvelope("data is not one line"));
+        }
+        if !event_type.is_empty() && validate_event_type_or_reserved(event_type).is_err() {
+            return Err(BadEnvelope("bad event type"));
+        }
+        Ok(EventBody {
+            event_type: (!event_type.is_empty()).then(|| event_type.to_owned()),
+            data: data.to_owned(),
+            published_ms,
+            trace_parent: trace_parent.to_owned(),
+        })
+    }
+}
+
+/// Like [`validate_event_type`] but admits sseplane's own reserved types.
+fn validate_event_type_or_reserved(name: &str) -> Result<(), String> {
+    match name.strip_prefix(RESERVED_EVENT_PREFIX) {
+        Some(rest) if !rest.is_empty() => validate_event_type(rest),
+        _ => validate_event_type(name),
+    }
+}
+
+/// An event on its way to local subscribers: its channel position and the SSE
+/// bytes framed once for every subscriber of this replica.
+#[derive(Debug)]
+pub struct Frame {
+    /// Position on its channel; `None` for broadcasts and notices (no `id:` line).
+    pub position: Option<Position>,
+    /// The whole SSE event: `id:` line (when positioned), `event:`, `data:`, blank line.
+    pub bytes: Bytes,
+    /// Where the bytes after the `id:` line start (streams of several channels
+    /// write their own `id:` line, then these bytes).
+    pub body_start: usize,
+    /// Publish time in Unix milliseconds.
+    pub published_ms: u64,
+}
+
+impl Frame {
+    /// Frames an event once: `id: <pos>\nevent: <type>\ndata: <json>\n\n`.
+    pub fn new(position: Option<Position>, body: &EventBody) -> Frame {
+        let id_line = position.map(|p| format!("id: {p}\n")).unwrap_or_default();
+        let mut buf = String::with_capacity(id_line.len() + body.data.len() + 96);
+        buf.push_str(&id_line);
+        if let Some(event_type) = &body.event_type {
+            buf.push_str("event: ");
+            buf.push_str(event_type);
+            buf.push('\n');
+        }
+        buf.push_str("data: ");
+        buf.push_str(&body.data);
+        buf.push_str("\n\n");
+        Frame {
+            position,
+            bytes: Bytes::from(buf),
+            body_start: id_line.len(),
+            published_ms: body.published_ms,
+        }
+    }
+
+    /// The bytes without the `id:` line.
+    pub fn body(&self) -> Bytes {
+        self.bytes.slice(self.body_start..)
+    }
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_strictly_and_order_numerically() {
+        let p: Position = "1700000000000-12".parse().unwrap();
+        assert_eq!(
+            p,
+            Position {
+                ms: 1_700_000_000_000,
+                seq: 12
+            }
+        );
+        assert_eq!(p.to_string(), "1700000000000-12");
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1_2",
+            "+1-2",
+            "1-2-3",
+            "a-1",
+            "1 -2",
+            "99999999999999999999999-0",
+        ] {
+            assert!(bad.parse::<Position>().is_err(), "{bad:?} parsed");
+        }
+        assert!("9-0".parse::<Position>().unwrap() < "10-0".parse().unwrap());
+        assert!("10-2".parse::<Position>().unwrap() < "10-10".parse().unwrap());
+    }
+
+    #[test]
+    fn channel_and_event_type_rules() {
+        assert!(validate_channel("game:1:PlayerJoined").is_ok());
+        assert!(validate_channel("user@example.com/inbox_1-a.b").is_ok());
+        assert!(validate_channel("").is_err());
+        assert!(validate_channel(&"a".repeat(201)).is_err());
+        assert!(validate_channel(&"a".repeat(200)).is_ok());
+        assert!(validate_channel("a b").is_err());
+        assert!(validate_channel("a\nb").is_err());
+        assert!(validate_channel("a*").is_err());
+        assert!(validate_event_type("PlayerJoined").is_ok());
+        assert!(validate_event_type("sseplane.gap").is_err());
+        assert!(validate_event_type("a\nid: 1").is_err());
+        assert!(validate_event_type("a/b").is_err());
+        assert!(validate_event_type(&"e".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn compact_json_keeps_strings_and_numbers() {
+        let raw: Box<RawValue> = serde_json::from_str(
+            "{ \"a\" : [ 1 , 2.50 ,\n 12345678901234567890123 ],\r\n \"s\": \" x \\\" y \" }",
+        )
+        .unwrap();
+        assert_eq!(
+            compact_json(&raw),
+            r#"{"a":[1,2.50,12345678901234567890123],"s":" x \" y "}"#
+        );
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let body = EventBody {
+            event_type: Some("T".into()),
+            data: r#"{"x":"a\nb"}"#.into(),
+            published_ms: 42,
+            trace_parent: String::new(),
+        };
+        assert_eq!(EventBody::decode(&body.encode()).unwrap(), body);
+        assert!(EventBody::decode("v2\n\n\n1\n1").is_err());
+        assert!(EventBody::decode("v1\n\n\n1\n1\n2").is_err());
+    }
+
+    #[test]
+    fn frames_share_the_body() {
+        let body = EventBody {
+            event_type: Some("T".into()),
+            data: "1".into(),
+            published_ms: 0,
+            trace_parent: String::new(),
+        };
+        let frame = Frame::new(Some(Position { ms: 5, seq: 1 }), &body);
+        assert_eq!(&frame.bytes[..], b"id: 5-1\nevent: T\ndata: 1\n\n");
+        assert_eq!(&frame.body()[..], b"event: T\ndata: 1\n\n");
+        let untyped = EventBody {
+            event_type: None,
+            ..body
+        };
+        assert_eq!(&Frame::new(None, &untyped).bytes[..], b"data: 1\n\n");
+    }
+}

@@ -1,0 +1,85 @@
+//! The HTTP APIs: the public one (streams, publish, broadcast) and the admin one
+//! (health, readiness, diagnostics), on separate ports.
+
+pub mod admin;
+pub mod error;
+pub mod publish;
+pub mod stream;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::hub::Hub;
+use crate::policy::PolicyStore;
+use crate::shutdown::Shutdown;
+
+/// Header naming the replica that served a response.
+pub const REPLICA_HEADER: &str = "x-sseplane-replica";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Local channels and subscribers.
+    pub hub: Arc<Hub>,
+    /// Channel policies.
+    pub policies: PolicyStore,
+    /// Most channels on one stream.
+    pub max_channels_per_stream: usize,
+    /// Process shutdown.
+    pub shutdown: Shutdown,
+}
+
+/// The public API on `--listen`.
+pub fn public_router(state: AppState, cors_origins: &str) -> Router {
+    Router::new()
+        .route("/v1/stream", get(stream::stream))
+        .route("/v1/publish", post(publish::publish))
+        .route("/v1/broadcast", post(publish::broadcast))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(cors_layer(cors_origins))
+        .with_state(state)
+}
+
+/// The admin API on `--admin-listen`.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/v1/diagnostics", get(admin::diagnostics))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+}
+
+/// CORS for browsers on other origins: `*` allows any origin (no credentials);
+/// a list allows those origins with credentials (for cookie auth).
+pub fn cors_layer(origins: &str) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+        ])
+        .expose_headers([HeaderName::from_static(REPLICA_HEADER)])
+        .max_age(std::time::Duration::from_secs(3600));
+    if origins.trim() == "*" {
+        return layer.allow_origin(Any);
+    }
+    let list: Vec<HeaderValue> = origins
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    layer
+        .allow_origin(AllowOrigin::list(list))
+        .allow_credentials(true)
+}

@@ -1,0 +1,243 @@
+//! `POST /v1/publish` and `POST /v1/broadcast`.
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::backplane::PublishItem;
+use crate::event::{compact_json, now_ms, validate_channel, validate_event_type, EventBody};
+
+/// Most channels in one publish.
+pub const MAX_CHANNELS_PER_PUBLISH: usize = 100;
+
+/// Body of `POST /v1/publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest<'a> {
+    /// One channel.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// Several channels.
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
+    /// The SSE event type.
+    #[serde(default)]
+    pub event: Option<String>,
+    /// The data; `null` is a value, a missing `data` is an error.
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub data: Option<&'a RawValue>,
+}
+
+/// Body of `POST /v1/broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest<'a> {
+    /// The SSE event type.
+    #[serde(default)]
+    pub event: Option<String>,
+    /// The data; required.
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub data: Option<&'a RawValue>,
+}
+
+/// Wraps a present value (even JSON `null`) in `Some`; absence stays `None`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// One channel's result.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishResult {
+    /// The channel.
+    pub channel: String,
+    /// The event's id on that channel.
+    pub id: String,
+}
+
+/// Answer of `POST /v1/publish`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// One result per channel, in request order.
+    pub results: Vec<PublishResult>,
+}
+
+/// Checks the content type and reads at most `limit` bytes of body.
+async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    to_bytes(body, limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large()
+        } else {
+            ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
+        }
+    })
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "malformed_json"
+        } else {
+            "invalid_request"
+        };
+        ApiError::bad_request(code, e.to_string())
+    })
+}
+
+fn event_body(
+    event: Option<String>,
+    data: Option<&RawValue>,
+    headers: &HeaderMap,
+) -> Result<EventBody, ApiError> {
+    if let Some(event) = &event {
+        validate_event_type(event).map_err(|m| ApiError::bad_request("invalid_event_type", m))?;
+    }
+    let data = data.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_data",
+            "the body needs a \"data\" field (null is a value)",
+        )
+    })?;
+    Ok(EventBody {
+        event_type: event,
+        data: compact_json(data),
+        published_ms: now_ms(),
+        trace_parent: trace_parent(headers),
+    })
+}
+
+/// The caller's W3C `traceparent`, when it has the right shape.
+fn trace_parent(headers: &HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() == 55 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// `POST /v1/publish`.
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let bytes = read_json_body(&headers, body, state.policies.max_payload_bytes()).await?;
+    let request: PublishRequest = parse_json(&bytes)?;
+    let channels = match (request.channel, request.channels) {
+        (Some(channel), None) => vec![channel],
+        (None, Some(channels)) => {
+            if channels.is_empty() || channels.len() > MAX_CHANNELS_PER_PUBLISH {
+                return Err(ApiError::bad_request(
+                    "invalid_channels",
+                    format!("\"channels\" holds 1 to {MAX_CHANNELS_PER_PUBLISH} channels"),
+                ));
+            }
+            channels
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give exactly one of \"channel\" and \"channels\", not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "missing_channel",
+                "give \"channel\" or \"channels\"",
+            ))
+        }
+    };
+    for (i, channel) in channels.iter().enumerate() {
+        validate_channel(channel).map_err(|m| ApiError::bad_request("invalid_channel", m))?;
+        if channels[..i].contains(channel) {
+            return Err(ApiError::bad_request(
+                "invalid_channels",
+                format!("channel {channel:?} is named twice"),
+            ));
+        }
+    }
+    let body = event_body(request.event, request.data, &headers)?;
+    let mut items = Vec::with_capacity(channels.len());
+    for channel in &channels {
+        let policy = state.policies.resolve(channel);
+        if bytes.len() > policy.max_payload_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "channel {channel:?} takes bodies of at most {} bytes",
+                    policy.max_payload_bytes
+                ),
+            ));
+        }
+        items.push(PublishItem {
+            channel,
+            body: &body,
+            retention: policy.history,
+        });
+    }
+    let positions = state.hub.backplane().publish(&items).await?;
+    let results = channels
+        .into_iter()
+        .zip(positions)
+        .map(|(channel, position)| PublishResult {
+            channel,
+            id: position.to_string(),
+        })
+        .collect();
+    Ok(Json(PublishResponse { results }))
+}
+
+/// `POST /v1/broadcast`: to every stream of every replica; not kept in history.
+pub async fn broadcast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bytes = read_json_body(&headers, body, state.policies.max_payload_bytes()).await?;
+    let request: BroadcastRequest = parse_json(&bytes)?;
+    let body = event_body(request.event, request.data, &headers)?;
+    let replicas = state.hub.backplane().broadcast(&body).await?;
+    Ok(Json(serde_json::json!({ "replicas": replicas })))
+}

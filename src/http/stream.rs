@@ -1,0 +1,306 @@
+//! `GET /v1/stream`: subscribe, replay from `Last-Event-ID`, then live events.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::error::ApiError;
+use super::{AppState, REPLICA_HEADER};
+use crate::event::{validate_channel, Frame, Position};
+use crate::hub::{Delivery, Subscription, NO_CHANNEL};
+use crate::policy::EffectivePolicy;
+use crate::sse::{gap_frame, retry_line, StreamIds, KEEPALIVE};
+
+/// How long a new stream waits for its channels to go live on the backplane.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the query string asks for.
+struct StreamRequest {
+    channels: Vec<Arc<str>>,
+    last_event_id: Option<String>,
+}
+
+fn parse_query(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    max_channels: usize,
+) -> Result<StreamRequest, ApiError> {
+    let mut channels: Vec<Arc<str>> = Vec::new();
+    let mut query_last_id = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "channel" => {
+                validate_channel(&value)
+                    .map_err(|m| ApiError::bad_request("invalid_channel", m))?;
+                channels.push(Arc::from(&*value));
+            }
+            "lastEventId" => query_last_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "name at least one channel: /v1/stream?channel=NAME",
+        ));
+    }
+    channels.sort();
+    channels.dedup();
+    if channels.len() > max_channels {
+        return Err(ApiError::bad_request(
+            "too_many_channels",
+            format!("a stream takes at most {max_channels} channels"),
+        ));
+    }
+    // The header wins: browsers send it on reconnect, with the newest id.
+    let header_last_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_last_event_id", "Last-Event-ID is not ASCII")
+                })?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let last_event_id = header_last_id
+        .or(query_last_id)
+        .filter(|id| !id.trim().is_empty());
+    Ok(StreamRequest {
+        channels,
+        last_event_id,
+    })
+}
+
+/// The policy of a stream of several channels: the shortest keepalive, the
+/// longest retry and the smallest queue of its channels.
+fn stream_policy(policies: &[Arc<EffectivePolicy>]) -> (Duration, Duration, usize) {
+    let keepalive = policies
+        .iter()
+        .map(|p| p.keepalive)
+        .min()
+        .unwrap_or(Duration::from_secs(15));
+    let retry = policies
+        .iter()
+        .map(|p| p.retry)
+        .max()
+        .unwrap_or(Duration::from_secs(3));
+    let queue = policies
+        .iter()
+        .map(|p| p.queue_events)
+        .min()
+        .unwrap_or(1024);
+    (keepalive, retry, queue)
+}
+
+/// `GET /v1/stream?channel=A[&channel=B…][&lastEventId=…]`.
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    if state.shutdown.is_triggered() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "this replica is shutting down; reconnect",
+        ));
+    }
+    let request = parse_query(query.as_deref(), &headers, state.max_channels_per_stream)?;
+    let ids = StreamIds::new(&request.channels);
+    let resume = match &request.last_event_id {
+        Some(token) => Some(
+            ids.decode(token, request.channels.len())
+                .map_err(|e| ApiError::bad_request("invalid_last_event_id", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let policies: Vec<_> = request
+        .channels
+        .iter()
+        .map(|c| state.policies.resolve(c))
+        .collect();
+    let (keepalive, retry, queue) = stream_policy(&policies);
+
+    let backplane = state.hub.backplane().clone();
+    let health = backplane.health();
+    if !health.is_up() {
+        let reason = if health.redis.ok {
+            health.subscription.message
+        } else {
+            health.redis.message
+        };
+        return Err(ApiError::unavailable("backplane_unavailable", reason));
+    }
+    // Subscribe first, then read history: an event published meanwhile is
+    // either in the history read or queued live (or both; duplicates are
+    // dropped by position), so it is delivered exactly once.
+    let mut subscription = state.hub.subscribe(&request.channels, queue);
+    let live = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscription.ready()).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                "backplane_unavailable",
+                "subscribing timed out",
+            ))
+        }
+    };
+    let mut writer = StreamWriter { ids, cursors: live };
+    let mut initial: VecDeque<Bytes> = VecDeque::new();
+    initial.push_back(retry_line(retry));
+    if let Some(resume) = resume {
+        writer.cursors = resume;
+        let mut gaps: Vec<&str> = Vec::new();
+        let mut replay: Vec<Bytes> = Vec::new();
+        for (index, channel) in request.channels.iter().enumerate() {
+            let retention = policies[index].history;
+            let after = writer.cursors[index];
+            let limit = if retention.keeps_history() {
+                retention.max_events as usize
+            } else {
+                0
+            };
+            let history = backplane
+                .history(channel, after, retention.max_age, limit)
+                .await?;
+            // A position ahead of the channel (history lost with Redis's data,
+            // or a failover to a replica that lagged) cannot be trusted: resume
+            // from what the channel has.
+            let lost = if history.exists {
+                history.gap || after > history.last
+            } else {
+                after > Position::ZERO
+            };
+            if lost {
+                gaps.push(channel);
+                writer.cursors[index] = writer.cursors[index].min(history.last);
+            }
+            for (position, body) in &history.events {
+                let frame = Frame::new(Some(*position), body);
+                replay.extend(writer.write(index as u16, &frame));
+            }
+        }
+        if !gaps.is_empty() {
+            initial.push_back(gap_frame(&gaps));
+        }
+        initial.extend(replay);
+    }
+
+    let receiver = subscription.take_receiver();
+    let events = EventStream {
+        pending: initial,
+        receiver,
+        writer,
+        keepalive_every: keepalive,
+        keepalive: Box::pin(tokio::time::sleep(keepalive)),
+        shutdown: Box::pin(state.shutdown.token().clone().cancelled_owned()),
+        subscription,
+    };
+    let mut response = Response::new(Body::from_stream(events));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Ok(replica) = HeaderValue::from_str(state.hub.replica_id()) {
+        headers.insert(REPLICA_HEADER, replica);
+    }
+    Ok(response)
+}
+
+/// Turns deliveries into the bytes of one stream, keeping its position on each
+/// channel: positions at or before it are duplicates and skipped.
+struct StreamWriter {
+    ids: StreamIds,
+    cursors: Vec<Position>,
+}
+
+impl StreamWriter {
+    /// The chunks to write for `frame` on channel `index` (none for a duplicate).
+    fn write(&mut self, index: u16, frame: &Frame) -> Vec<Bytes> {
+        let Some(position) = frame.position.filter(|_| index != NO_CHANNEL) else {
+            return vec![frame.bytes.clone()];
+        };
+        let cursor = &mut self.cursors[index as usize];
+        if position <= *cursor {
+            return Vec::new();
+        }
+        *cursor = position;
+        if !self.ids.is_multi() {
+            // One channel: the id line framed with the event is already right.
+            return vec![frame.bytes.clone()];
+        }
+        let id_line = format!("id: {}\n", self.ids.encode(&self.cursors));
+        vec![Bytes::from(id_line), frame.body()]
+    }
+}
+
+/// The body of a stream: initial chunks (`retry:`, gap notice, replay), then
+/// live deliveries, with keepalive comments when quiet. Ends on shutdown, when
+/// the hub cut it off as too slow, or when the client goes away (hyper drops it;
+/// dropping the subscription unregisters it from the hub).
+struct EventStream {
+    pending: VecDeque<Bytes>,
+    receiver: mpsc::Receiver<Delivery>,
+    writer: StreamWriter,
+    keepalive_every: Duration,
+    keepalive: Pin<Box<Sleep>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    subscription: Subscription,
+}
+
+impl EventStream {
+    fn sent(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
+        let deadline = Instant::now() + self.keepalive_every;
+        self.keepalive.as_mut().reset(deadline);
+        Poll::Ready(Some(Ok(chunk)))
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(chunk) = self.pending.pop_front() {
+            return self.sent(chunk);
+        }
+        if self.subscription.is_cut_off() || self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        loop {
+            match self.receiver.poll_recv(cx) {
+                Poll::Ready(Some(delivery)) => {
+                    let chunks = self.writer.write(delivery.index, &delivery.frame);
+                    self.pending.extend(chunks);
+                    if let Some(chunk) = self.pending.pop_front() {
+                        return self.sent(chunk);
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        if self.keepalive.as_mut().poll(cx).is_ready() {
+            return self.sent(Bytes::from_static(KEEPALIVE));
+        }
+        Poll::Pending
+    }
+}
+
+use std::future::Future;

@@ -1,0 +1,34 @@
+//! The `sseplane` binary: parse flags, then serve, publish or watch.
+
+use anyhow::Context;
+use clap::Parser;
+use sseplane::config::{Cli, Command, ServeArgs};
+use sseplane::shutdown::{os_signal, Shutdown};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Publish(args)) => sseplane::cli::publish::run(args).await,
+        Some(Command::Watch(args)) => sseplane::cli::watch::run(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    sseplane::telemetry::init(args.log_format, &args.log_level);
+    let public = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+    let shutdown = Shutdown::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        os_signal().await;
+        trigger.trigger();
+    });
+    sseplane::server::run(args, public, admin, shutdown).await
+}

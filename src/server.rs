@@ -1,0 +1,87 @@
+//! Wires a configured service together and runs it until shutdown.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::backplane::memory::MemoryBackplane;
+use crate::backplane::redis::RedisBackplane;
+use crate::backplane::Backplane;
+use crate::config::ServeArgs;
+use crate::http::{admin_router, public_router, AppState};
+use crate::hub::Hub;
+use crate::policy::PolicyStore;
+use crate::shutdown::Shutdown;
+
+/// Builds the backplane the flags ask for.
+pub fn backplane(args: &ServeArgs, replica_id: &str) -> anyhow::Result<Arc<dyn Backplane>> {
+    Ok(match &args.redis_url {
+        Some(url) => Arc::new(RedisBackplane::new(url, &args.redis_prefix, replica_id)?),
+        None => Arc::new(MemoryBackplane::new()),
+    })
+}
+
+/// Serves the public API on `public` and the admin API on `admin` until
+/// `shutdown` triggers, then drains: readiness answers 503, open streams end
+/// (their clients reconnect elsewhere and resume), and the call returns when
+/// every connection closed or the grace period ran out.
+pub async fn run(
+    args: ServeArgs,
+    public: TcpListener,
+    admin: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let replica_id = args.replica_id();
+    let backplane = backplane(&args, &replica_id)?;
+    match &args.redis_url {
+        Some(_) => tracing::info!(replica = %replica_id, "using the Redis backplane"),
+        None => tracing::info!(
+            replica = %replica_id,
+            "using the in-memory backplane: one instance only (set --redis-url for several)"
+        ),
+    }
+    let hub = Hub::new(backplane, replica_id);
+    hub.start();
+    let state = AppState {
+        hub,
+        policies: PolicyStore::new(args.default_policy()),
+        max_channels_per_stream: args.max_channels_per_stream,
+        shutdown: shutdown.clone(),
+    };
+    tracing::info!(
+        public = %public.local_addr()?,
+        admin = %admin.local_addr()?,
+        "listening"
+    );
+    let public_app = public_router(state.clone(), &args.cors_origins);
+    let admin_app = admin_router(state);
+
+    // The admin server outlives the public one so that probes see readiness
+    // turn 503 while streams drain.
+    let public_done = Shutdown::new();
+    let public_server = {
+        let public_done = public_done.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let result = axum::serve(public, public_app)
+                .with_graceful_shutdown(shutdown.wait())
+                .await;
+            public_done.trigger();
+            result
+        }
+    };
+    let admin_server = axum::serve(admin, admin_app).with_graceful_shutdown(public_done.wait());
+    let served = async { tokio::try_join!(public_server, admin_server) };
+    let grace = args.shutdown_grace;
+    let deadline = async {
+        shutdown.clone().wait().await;
+        tracing::info!(grace = ?grace, "shutting down: draining streams");
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = served => { result?; }
+        _ = deadline => tracing::warn!("grace period over; exiting with connections still open"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
