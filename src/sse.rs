@@ -89,7 +89,6 @@ impl StreamIds {
         token: &str,
         channel_count: usize,
     ) -> Result<Vec<Position>, BadLastEventId> {
-        let token = token.trim();
         match &self.set_hash {
             None => {
                 if token.contains('_') {

@@ -77,9 +77,7 @@ fn parse_query(
         ),
         None => None,
     };
-    let last_event_id = header_last_id
-        .or(query_last_id)
-        .filter(|id| !id.trim().is_empty());
+    let last_event_id = header_last_id.or(query_last_id).filter(|id| !id.is_empty());
     Ok(StreamRequest {
         channels,
         last_event_id,

@@ -1,0 +1,346 @@
+//! Test harness: real `redis-server` and real `sseplane` processes on free
+//! loopback ports, plus an SSE client that reconnects like a browser.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sseplane::client::{follow, ClientEvent, SseEvent};
+use tokio::sync::mpsc;
+
+/// Generous limit for anything a test waits on.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A `redis-server` on a free port, stopped when dropped.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis already running");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("redis to answer PING", WAIT, || async move {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            let pong: String = redis::cmd("PING").query_async(&mut conn).await.ok()?;
+            (pong == "PONG").then_some(())
+        })
+        .await;
+    }
+
+    /// Kills the server (its data is lost, as with no persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs one command against the server.
+    pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await.unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An `sseplane serve` process on free ports, killed when dropped.
+pub struct Replica {
+    pub id: String,
+    pub public: u16,
+    pub admin: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Replica {
+    /// Starts a replica (on Redis when given, else in memory) and waits for `/readyz`.
+    pub async fn start(id: &str, redis: Option<&Redis>, extra: &[&str]) -> Replica {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(redis) = redis {
+            args.extend(["--redis-url".to_owned(), redis.url()]);
+        }
+        let mut replica = Replica {
+            id: id.to_owned(),
+            public: free_port(),
+            admin: free_port(),
+            child: None,
+            args,
+        };
+        replica.spawn();
+        replica.wait_ready().await;
+        replica
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_sseplane"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", self.public)])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin)])
+            .args(["--replica-id", &self.id])
+            .args(&self.args)
+            .env("SSEPLANE_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sseplane");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.public)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    /// The stream URL for `channels`.
+    pub fn stream_url(&self, channels: &[&str]) -> String {
+        let query: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
+        self.url(&format!("/v1/stream?{}", query.join("&")))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Status of `/readyz`, or `None` when the admin port does not answer.
+    pub async fn ready_status(&self) -> Option<u16> {
+        let response = reqwest::get(self.admin_url("/readyz")).await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_for(&format!("{} to be ready", self.id), WAIT, || async {
+            (self.ready_status().await == Some(200)).then_some(())
+        })
+        .await;
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, leaving the process to exit by itself.
+    pub fn terminate(&self) {
+        let pid = self.pid() as i32;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_for("the replica to exit", timeout, || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await;
+        self.child = None;
+        status
+    }
+
+    /// Resident memory of the process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub async fn diagnostics(&self, query: &str) -> Value {
+        reqwest::get(self.admin_url(&format!("/v1/diagnostics{query}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// POSTs JSON `body` to `url`; the status and the JSON answer.
+pub async fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Publishes `data` on `channel` through `replica`, asserting success; the id.
+pub async fn publish(replica: &Replica, channel: &str, data: Value) -> String {
+    let (status, answer) = post_json(
+        &replica.url("/v1/publish"),
+        &serde_json::json!({"channel": channel, "data": data}),
+    )
+    .await;
+    assert_eq!(status, 200, "publish failed: {answer}");
+    answer["results"][0]["id"].as_str().unwrap().to_owned()
+}
+
+/// An SSE subscriber that reconnects like a browser, across `urls` in turn.
+pub struct Subscriber {
+    events: mpsc::Receiver<ClientEvent>,
+    /// Replicas this subscriber was connected to, in order.
+    pub replicas: Vec<String>,
+    /// Disconnections seen.
+    pub disconnects: Vec<String>,
+}
+
+impl Subscriber {
+    /// Connects and waits until the stream is open (it is then subscribed).
+    pub async fn connect(urls: Vec<String>, last_event_id: Option<String>) -> Subscriber {
+        let mut subscriber = Subscriber {
+            events: follow(urls, last_event_id),
+            replicas: vec![],
+            disconnects: vec![],
+        };
+        subscriber.wait_connected().await;
+        subscriber
+    }
+
+    /// Waits for the next (re)connection.
+    pub async fn wait_connected(&mut self) {
+        let connections = self.replicas.len();
+        while self.replicas.len() == connections {
+            self.next_item().await;
+        }
+    }
+
+    async fn next_item(&mut self) -> Option<SseEvent> {
+        let item = tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("timed out waiting on the stream")
+            .expect("client stopped");
+        match item {
+            ClientEvent::Connected { replica } => self.replicas.push(replica),
+            ClientEvent::Disconnected { reason } => self.disconnects.push(reason),
+            ClientEvent::Event(event) => return Some(event),
+        }
+        None
+    }
+
+    /// The next event.
+    pub async fn next_event(&mut self) -> SseEvent {
+        loop {
+            if let Some(event) = self.next_item().await {
+                return event;
+            }
+        }
+    }
+
+    /// The next `n` events.
+    pub async fn take(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            events.push(self.next_event().await);
+        }
+        events
+    }
+
+    /// Waits until the current stream ends.
+    pub async fn wait_disconnected(&mut self) {
+        let seen = self.disconnects.len();
+        while self.disconnects.len() == seen {
+            if let Some(event) = self.next_item().await {
+                panic!("expected the stream to end, got {event:?}");
+            }
+        }
+    }
+}
+
+/// The JSON data of an event.
+pub fn data(event: &SseEvent) -> Value {
+    serde_json::from_str(&event.data).unwrap()
+}
+
+/// The `n` field of each event's data.
+pub fn seqs(events: &[SseEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| data(e)["n"].as_u64().unwrap())
+        .collect()
+}
