@@ -180,7 +180,12 @@ pub fn follow(
                         ..SseParser::new()
                     };
                     loop {
-                        match body.next().await {
+                        // Stop, closing the connection, when nobody listens any more.
+                        let next = tokio::select! {
+                            next = body.next() => next,
+                            _ = tx.closed() => return,
+                        };
+                        match next {
                             Some(Ok(chunk)) => {
                                 for event in parser.feed(&chunk) {
                                     if tx.send(ClientEvent::Event(event)).await.is_err() {
@@ -201,7 +206,10 @@ pub fn follow(
                 return;
             }
             let retry = parser.retry_ms.unwrap_or(3000).min(5000);
-            tokio::time::sleep(Duration::from_millis(retry)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(retry)) => {}
+                _ = tx.closed() => return,
+            }
         }
     });
     rx

@@ -26,7 +26,13 @@ pub enum BackplaneError {
 
 impl From<::redis::RedisError> for BackplaneError {
     fn from(e: ::redis::RedisError) -> Self {
-        BackplaneError::Unavailable(e.to_string())
+        let text = e.to_string();
+        if text.contains("ReadOnly") || text.contains("READONLY") {
+            return BackplaneError::Unavailable(format!(
+                "READONLY: Redis refuses writes (a read-only replica, e.g. after a failover): {text}"
+            ));
+        }
+        BackplaneError::Unavailable(text)
     }
 }
 
