@@ -27,6 +27,8 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once at start: the size of the serve variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the service (the default).
     Serve(ServeArgs),
@@ -34,6 +36,8 @@ pub enum Command {
     Publish(crate::cli::publish::PublishArgs),
     /// Print the events of one or more channels as they arrive.
     Watch(crate::cli::watch::WatchArgs),
+    /// Print the ChannelPolicy CRD (YAML), generated from the Rust types.
+    Crd,
 }
 
 /// Log line format.
@@ -93,6 +97,21 @@ pub struct ServeArgs {
     /// Time allowed after SIGTERM for open streams to end before the process exits.
     #[arg(long, env = "SSEPLANE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// `ChannelPolicy` YAML: a file or a directory of `*.yaml`/`*.yml`/`*.json`,
+    /// reloaded when it changes.
+    #[arg(long, env = "SSEPLANE_POLICIES")]
+    pub policies: Option<std::path::PathBuf>,
+    /// Watch `ChannelPolicy` resources in the cluster (`auto`: when in a pod).
+    #[arg(
+        long,
+        env = "SSEPLANE_KUBE_POLICIES",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub kube_policies: Toggle,
+    /// Watch policies in every namespace instead of the pod's own.
+    #[arg(long, env = "SSEPLANE_WATCH_ALL_NAMESPACES")]
+    pub watch_all_namespaces: bool,
     /// Log format.
     #[arg(long, env = "SSEPLANE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -125,18 +144,37 @@ impl ServeArgs {
 
     /// The policy for channels no `ChannelPolicy` matches.
     pub fn default_policy(&self) -> EffectivePolicy {
-        EffectivePolicy {
-            source: "default".to_owned(),
-            keepalive: self.keepalive,
-            retry: self.retry,
-            history: Retention {
+        EffectivePolicy::defaults(
+            self.keepalive,
+            self.retry,
+            Retention {
                 max_events: self.history_max_events,
                 max_age: self.history_max_age,
             },
-            max_payload_bytes: self.max_payload_bytes,
-            queue_events: self.queue_events as usize,
+            self.max_payload_bytes,
+            self.queue_events as usize,
+        )
+    }
+
+    /// Whether to watch `ChannelPolicy` resources in a cluster.
+    pub fn watch_kubernetes(&self) -> bool {
+        match self.kube_policies {
+            Toggle::On => true,
+            Toggle::Off => false,
+            Toggle::Auto => std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
         }
     }
+}
+
+/// On, off, or decided by the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    /// When running in a Kubernetes pod.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
 }
 
 /// Parses `250ms`, `15s`, `1h`, `1h30m`.

@@ -7,13 +7,14 @@
 //! reconnects and resumes from history) instead of growing memory.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::backplane::{Backplane, BackplaneError, EventSink, ReplicaReport};
 use crate::event::{EventBody, Frame, Position};
+use crate::queue::{EventQueue, Offer};
 
 /// Index of a delivery that belongs to no channel of the stream (a broadcast).
 pub const NO_CHANNEL: u16 = u16::MAX;
@@ -31,9 +32,7 @@ pub struct Delivery {
 /// A connection as the hub sees it: where to queue its events.
 struct Connection {
     id: u64,
-    queue: mpsc::Sender<Delivery>,
-    /// Set when the connection fell too far behind; its stream then ends.
-    cut_off: AtomicBool,
+    queue: Arc<EventQueue>,
 }
 
 struct Subscriber {
@@ -72,6 +71,28 @@ pub struct Hub {
     connections: Mutex<HashMap<u64, Arc<Connection>>>,
     next_connection: AtomicU64,
     slow_disconnects: AtomicU64,
+    dropped_events: AtomicU64,
+}
+
+/// A channel refused a new stream because it has its most subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("channel {channel:?} has its maximum of {limit} subscribers on this replica")]
+pub struct ChannelFull {
+    /// The channel.
+    pub channel: String,
+    /// Its limit.
+    pub limit: u64,
+}
+
+/// How a new stream wants to be queued and limited.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// Queue length.
+    pub queue_events: usize,
+    /// Drop the oldest events instead of cutting the stream off.
+    pub drop_oldest: bool,
+    /// Per channel: most local subscribers.
+    pub max_subscribers: Vec<Option<u64>>,
 }
 
 /// Figures of one channel for diagnostics.
@@ -94,6 +115,7 @@ impl Hub {
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             slow_disconnects: AtomicU64::new(0),
+            dropped_events: AtomicU64::new(0),
         })
     }
 
@@ -112,19 +134,32 @@ impl Hub {
         &self.replica_id
     }
 
-    /// Registers a stream on `channels` with a queue of `queue_len` events.
-    /// The subscription is live once [`Subscription::ready`] resolves.
-    pub fn subscribe(self: &Arc<Self>, channels: &[Arc<str>], queue_len: usize) -> Subscription {
-        let (queue, receiver) = mpsc::channel(queue_len.max(1));
+    /// Registers a stream on `channels`. The subscription is live once
+    /// [`Subscription::ready`] resolves. Refused when a channel is at its limit.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        channels: &[Arc<str>],
+        limits: &StreamLimits,
+    ) -> Result<Subscription, ChannelFull> {
         let connection = Arc::new(Connection {
             id: self.next_connection.fetch_add(1, Ordering::Relaxed),
-            queue,
-            cut_off: AtomicBool::new(false),
+            queue: Arc::new(EventQueue::new(limits.queue_events, limits.drop_oldest)),
         });
         let mut slots = Vec::with_capacity(channels.len());
         {
             let mut map = self.channels.lock().expect("hub lock");
             for (index, name) in channels.iter().enumerate() {
+                let limit = limits.max_subscribers.get(index).copied().flatten();
+                if let (Some(limit), Some(slot)) = (limit, map.get(name)) {
+                    if slot.inner.lock().expect("slot lock").subscribers.len() as u64 >= limit {
+                        drop(map);
+                        self.unsubscribe(&connection, &slots);
+                        return Err(ChannelFull {
+                            channel: name.to_string(),
+                            limit,
+                        });
+                    }
+                }
                 let slot = map
                     .entry(name.clone())
                     .or_insert_with(|| self.new_slot(name.clone()));
@@ -143,12 +178,11 @@ impl Hub {
             .lock()
             .expect("hub lock")
             .insert(connection.id, connection.clone());
-        Subscription {
+        Ok(Subscription {
             hub: self.clone(),
             connection,
             slots,
-            receiver: Some(receiver),
-        }
+        })
     }
 
     /// Creates a slot and asks the backplane for the channel. Called with the
@@ -219,19 +253,21 @@ impl Hub {
 
     /// Queues one delivery; false when the connection is gone or was cut off.
     fn offer(&self, connection: &Connection, index: u16, frame: &Arc<Frame>) -> bool {
-        match connection.queue.try_send(Delivery {
+        match connection.queue.push(Delivery {
             index,
             frame: frame.clone(),
         }) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !connection.cut_off.swap(true, Ordering::AcqRel) {
-                    self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(connection = connection.id, "cutting off a slow consumer");
-                }
+            Offer::Queued => true,
+            Offer::DroppedOldest => {
+                self.dropped_events.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Offer::CutOff => {
+                self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(connection = connection.id, "cutting off a slow consumer");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Offer::Closed => false,
         }
     }
 
@@ -263,6 +299,18 @@ impl Hub {
     /// Streams cut off because they could not keep up, since start.
     pub fn slow_disconnects(&self) -> u64 {
         self.slow_disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped from slow streams' queues (drop-oldest policies), since start.
+    pub fn dropped_events(&self) -> u64 {
+        self.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn local_subscribers(&self, channel: &str) -> usize {
+        self.slot(channel)
+            .map(|s| s.inner.lock().expect("slot lock").subscribers.len())
+            .unwrap_or(0)
     }
 }
 
@@ -330,7 +378,6 @@ pub struct Subscription {
     hub: Arc<Hub>,
     connection: Arc<Connection>,
     slots: Vec<Arc<ChannelSlot>>,
-    receiver: Option<mpsc::Receiver<Delivery>>,
 }
 
 impl Subscription {
@@ -353,19 +400,15 @@ impl Subscription {
         Ok(positions)
     }
 
-    /// Takes the queue the hub fills (once).
-    pub fn take_receiver(&mut self) -> mpsc::Receiver<Delivery> {
-        self.receiver.take().expect("receiver taken once")
-    }
-
-    /// True when the stream fell too far behind and must end.
-    pub fn is_cut_off(&self) -> bool {
-        self.connection.cut_off.load(Ordering::Acquire)
+    /// The queue the hub fills.
+    pub fn queue(&self) -> &Arc<EventQueue> {
+        &self.connection.queue
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.connection.queue.close();
         self.hub.unsubscribe(&self.connection, &self.slots);
     }
 }

@@ -5,10 +5,13 @@
 //!   the admin API (`/healthz`, `/readyz`, `/v1/diagnostics`);
 //! - [`sse`]: SSE framing and the stream ids clients resume from;
 //! - [`hub`]: this replica's channels and local subscribers, fan-out;
+//! - [`queue`]: the bounded queue between the hub and one stream;
 //! - [`backplane`]: moving events between replicas and keeping history
 //!   (in memory, or Redis);
 //! - [`event`]: positions, validated names, envelopes, frames;
-//! - [`policy`]: what applies to a channel;
+//! - [`policy`]: what applies to a channel: the `ChannelPolicy` CRD, the
+//!   store that resolves channels, and its sources (files, the cluster);
+//! - [`yaml`]: YAML behind one module;
 //! - [`config`], [`server`], [`shutdown`], [`telemetry`]: running the service;
 //! - [`client`], [`cli`]: an SSE client and the `publish`/`watch` commands.
 
@@ -20,7 +23,9 @@ pub mod event;
 pub mod http;
 pub mod hub;
 pub mod policy;
+pub mod queue;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
 pub mod telemetry;
+pub mod yaml;

@@ -21,6 +21,44 @@ pub fn backplane(args: &ServeArgs, replica_id: &str) -> anyhow::Result<Arc<dyn B
     })
 }
 
+/// Starts the policy sources the flags ask for: files (read once now, so a
+/// bad file stops the start) and the cluster watcher (readiness waits for its
+/// first full list).
+async fn start_policy_sources(
+    args: &ServeArgs,
+    policies: &PolicyStore,
+    replica_id: &str,
+) -> anyhow::Result<()> {
+    if let Some(path) = &args.policies {
+        crate::policy::file::watch(path.clone(), policies.source("files"))
+            .map_err(|e| anyhow::anyhow!("cannot load --policies: {e}"))?;
+        tracing::info!(path = %path.display(), "policies from files, reloaded on change");
+    }
+    if args.watch_kubernetes() {
+        let source = policies.source("kubernetes");
+        let namespace = crate::policy::kube::pod_namespace();
+        let config = crate::policy::kube::KubeSourceConfig {
+            namespace: (!args.watch_all_namespaces).then(|| namespace.clone()),
+            lease_namespace: namespace,
+            lease_name: "sseplane-status".to_owned(),
+            replica_id: replica_id.to_owned(),
+        };
+        match ::kube::Client::try_default().await {
+            Ok(client) => {
+                tracing::info!(
+                    all_namespaces = args.watch_all_namespaces,
+                    "watching ChannelPolicy resources"
+                );
+                tokio::spawn(crate::policy::kube::run(client, config, source));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the Kubernetes API: policies stay unsynced")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Serves the public API on `public` and the admin API on `admin` until
 /// `shutdown` triggers, then drains: readiness answers 503, open streams end
 /// (their clients reconnect elsewhere and resume), and the call returns when
@@ -40,11 +78,13 @@ pub async fn run(
             "using the in-memory backplane: one instance only (set --redis-url for several)"
         ),
     }
+    let policies = PolicyStore::new(args.default_policy());
+    start_policy_sources(&args, &policies, &replica_id).await?;
     let hub = Hub::new(backplane, replica_id);
     hub.start();
     let state = AppState {
         hub,
-        policies: PolicyStore::new(args.default_policy()),
+        policies,
         max_channels_per_stream: args.max_channels_per_stream,
         shutdown: shutdown.clone(),
     };

@@ -21,8 +21,9 @@ enum Kind {
 
 /// Replicas on one backplane: three on Redis, one in memory.
 struct Cluster {
-    _redis: Option<Redis>,
+    // Fields drop in order: the replicas go before their Redis.
     replicas: Vec<Replica>,
+    _redis: Option<Redis>,
 }
 
 impl Cluster {

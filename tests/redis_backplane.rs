@@ -240,7 +240,10 @@ async fn one_redis_subscription_per_channel_per_replica() {
     assert_eq!(diagnostics["totalLocalSubscribers"], 22);
     assert_eq!(
         diagnostics["channels"],
-        json!([{"channel": "other", "localSubscribers": 1}, {"channel": "shared", "localSubscribers": 21}])
+        json!([
+            {"channel": "other", "localSubscribers": 1, "policy": "default"},
+            {"channel": "shared", "localSubscribers": 21, "policy": "default"}
+        ])
     );
     subscribers.truncate(1);
     wait_for("the last-but-one subscribers to leave", WAIT, || async {

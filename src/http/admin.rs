@@ -22,9 +22,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let health = state.hub.backplane().health();
     let policies = if state.policies.synced() {
-        Check::ok("policies loaded")
+        Check::ok(format!(
+            "policies synced ({} in force)",
+            state
+                .policies
+                .verdicts()
+                .iter()
+                .filter(|v| v.error.is_none())
+                .count()
+        ))
     } else {
-        Check::fail("policies not synced yet")
+        Check::fail(format!(
+            "waiting for the first sync of: {}",
+            state.policies.unsynced_sources().join(", ")
+        ))
     };
     let mut checks = json!({
         "redis": health.redis,
@@ -44,8 +55,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(json!({ "ready": ready, "checks": checks }))).into_response()
 }
 
-/// `GET /v1/diagnostics[?scope=cluster]`: this replica's channels and
-/// subscribers; with `scope=cluster`, every live replica's figures too.
+/// `GET /v1/diagnostics[?scope=cluster][&channel=NAME]`: this replica's
+/// channels and subscribers, each with the policy that applies; every policy
+/// read and whether it is in force; with `scope=cluster`, every live replica's
+/// figures too; with `channel`, which policy that channel gets and why.
 pub async fn diagnostics(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -61,16 +74,31 @@ pub async fn diagnostics(
         }
     };
     let hub = &state.hub;
-    let channels = hub.channel_figures();
+    let channels: Vec<_> = hub
+        .channel_figures()
+        .into_iter()
+        .map(|c| {
+            let policy = state.policies.resolve(&c.channel).source.clone();
+            json!({"channel": c.channel, "localSubscribers": c.local_subscribers, "policy": policy})
+        })
+        .collect();
     let mut body = json!({
         "replica": hub.replica_id(),
         "backplane": hub.backplane().kind(),
         "totalChannels": channels.len(),
-        "totalLocalSubscribers": channels.iter().map(|c| c.local_subscribers).sum::<usize>(),
+        "totalLocalSubscribers": channels.iter().filter_map(|c| c["localSubscribers"].as_u64()).sum::<u64>(),
         "openStreams": hub.open_streams(),
         "slowConsumerDisconnects": hub.slow_disconnects(),
+        "droppedEvents": hub.dropped_events(),
         "channels": channels,
+        "policies": state.policies.verdicts(),
+        "policySources": state.policies.source_status(),
     });
+    if let Some(channel) = query.get("channel") {
+        crate::event::validate_channel(channel)
+            .map_err(|m| ApiError::bad_request("invalid_channel", m))?;
+        body["policy"] = json!(state.policies.explain(channel));
+    }
     if cluster {
         let replicas = hub.backplane().replicas().await?;
         body["replicas"] = json!(replicas);

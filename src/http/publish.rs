@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::backplane::PublishItem;
 use crate::event::{compact_json, now_ms, validate_channel, validate_event_type, EventBody};
+use crate::policy::EffectivePolicy;
 
 /// Most channels in one publish.
 pub const MAX_CHANNELS_PER_PUBLISH: usize = 100;
@@ -198,25 +199,36 @@ pub async fn publish(
         }
     }
     let body = event_body(request.event, request.data, &headers)?;
-    let mut items = Vec::with_capacity(channels.len());
-    for channel in &channels {
-        let policy = state.policies.resolve(channel);
-        if bytes.len() > policy.max_payload_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "channel {channel:?} takes bodies of at most {} bytes",
-                    policy.max_payload_bytes
-                ),
-            ));
+    let policies: Vec<_> = channels.iter().map(|c| state.policies.resolve(c)).collect();
+    for (channel, policy) in channels.iter().zip(&policies) {
+        enforce(channel, policy, bytes.len(), &body)?;
+    }
+    // Rate limits last, so that refused requests spend no tokens.
+    for (channel, policy) in channels.iter().zip(&policies) {
+        if let Some(limit) = &policy.rate_limit {
+            limit.check(channel).map_err(|wait| {
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "channel {channel:?} takes {} publishes per second (burst {}); retry later",
+                        limit.per_second, limit.burst
+                    ),
+                );
+                error.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+                error
+            })?;
         }
-        items.push(PublishItem {
+    }
+    let items: Vec<_> = channels
+        .iter()
+        .zip(&policies)
+        .map(|(channel, policy)| PublishItem {
             channel,
             body: &body,
             retention: policy.history,
-        });
-    }
+        })
+        .collect();
     let positions = state.hub.backplane().publish(&items).await?;
     let results = channels
         .into_iter()
@@ -227,6 +239,57 @@ pub async fn publish(
         })
         .collect();
     Ok(Json(PublishResponse { results }))
+}
+
+/// Applies a channel's policy to one event: body size, event type, schema.
+fn enforce(
+    channel: &str,
+    policy: &EffectivePolicy,
+    body_len: usize,
+    event: &EventBody,
+) -> Result<(), ApiError> {
+    if body_len > policy.max_payload_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "channel {channel:?} takes bodies of at most {} bytes",
+                policy.max_payload_bytes
+            ),
+        ));
+    }
+    if let Some(allowed) = &policy.allowed_event_types {
+        let event_type = event.event_type.as_deref().unwrap_or("message");
+        if !allowed.iter().any(|t| t == event_type) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "event_type_not_allowed",
+                format!("channel {channel:?} takes event types {allowed:?}, not {event_type:?}"),
+            ));
+        }
+    }
+    if let Some(schema) = &policy.schema {
+        let data: serde_json::Value = serde_json::from_str(&event.data)
+            .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?;
+        let failure = schema
+            .0
+            .iter_errors(&data)
+            .next()
+            .map(|error| (error.instance_path().to_string(), error.to_string()));
+        if let Some((path, error)) = failure {
+            let path = if path.is_empty() {
+                "/".to_owned()
+            } else {
+                path
+            };
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "schema_violation",
+                format!("data fails the schema of channel {channel:?} at {path}: {error}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `POST /v1/broadcast`: to every stream of every replica; not kept in history.

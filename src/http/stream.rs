@@ -13,15 +13,15 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{ReusableBoxFuture, WaitForCancellationFutureOwned};
 
 use super::error::ApiError;
 use super::{AppState, REPLICA_HEADER};
 use crate::event::{validate_channel, Frame, Position};
-use crate::hub::{Delivery, Subscription, NO_CHANNEL};
-use crate::policy::EffectivePolicy;
+use crate::hub::{Delivery, StreamLimits, Subscription, NO_CHANNEL};
+use crate::policy::{EffectivePolicy, PolicyStore, SlowConsumerAction};
 use crate::sse::{gap_frame, retry_line, StreamIds, KEEPALIVE};
 
 /// How long a new stream waits for its channels to go live on the backplane.
@@ -84,25 +84,39 @@ fn parse_query(
     })
 }
 
-/// The policy of a stream of several channels: the shortest keepalive, the
-/// longest retry and the smallest queue of its channels.
-fn stream_policy(policies: &[Arc<EffectivePolicy>]) -> (Duration, Duration, usize) {
-    let keepalive = policies
-        .iter()
-        .map(|p| p.keepalive)
-        .min()
-        .unwrap_or(Duration::from_secs(15));
-    let retry = policies
-        .iter()
-        .map(|p| p.retry)
-        .max()
-        .unwrap_or(Duration::from_secs(3));
-    let queue = policies
-        .iter()
-        .map(|p| p.queue_events)
-        .min()
-        .unwrap_or(1024);
-    (keepalive, retry, queue)
+/// What a stream of several channels takes from their policies: the shortest
+/// keepalive, the longest retry, the smallest queue, and drop-oldest only when
+/// every channel asks for it.
+struct StreamPolicy {
+    keepalive: Duration,
+    retry: Duration,
+    queue_events: usize,
+    drop_oldest: bool,
+}
+
+impl StreamPolicy {
+    fn of(policies: &[Arc<EffectivePolicy>]) -> StreamPolicy {
+        StreamPolicy {
+            keepalive: policies
+                .iter()
+                .map(|p| p.keepalive)
+                .min()
+                .unwrap_or(Duration::from_secs(15)),
+            retry: policies
+                .iter()
+                .map(|p| p.retry)
+                .max()
+                .unwrap_or(Duration::from_secs(3)),
+            queue_events: policies
+                .iter()
+                .map(|p| p.queue_events)
+                .min()
+                .unwrap_or(1024),
+            drop_oldest: policies
+                .iter()
+                .all(|p| p.slow_consumer == SlowConsumerAction::DropOldest),
+        }
+    }
 }
 
 /// `GET /v1/stream?channel=A[&channel=B…][&lastEventId=…]`.
@@ -131,7 +145,7 @@ pub async fn stream(
         .iter()
         .map(|c| state.policies.resolve(c))
         .collect();
-    let (keepalive, retry, queue) = stream_policy(&policies);
+    let stream_policy = StreamPolicy::of(&policies);
 
     let backplane = state.hub.backplane().clone();
     let health = backplane.health();
@@ -146,7 +160,20 @@ pub async fn stream(
     // Subscribe first, then read history: an event published meanwhile is
     // either in the history read or queued live (or both; duplicates are
     // dropped by position), so it is delivered exactly once.
-    let mut subscription = state.hub.subscribe(&request.channels, queue);
+    let limits = StreamLimits {
+        queue_events: stream_policy.queue_events,
+        drop_oldest: stream_policy.drop_oldest,
+        max_subscribers: policies
+            .iter()
+            .map(|p| p.max_subscribers_per_replica)
+            .collect(),
+    };
+    let subscription = state
+        .hub
+        .subscribe(&request.channels, &limits)
+        .map_err(|full| {
+            ApiError::unavailable("subscriber_limit", format!("{full}; try again later"))
+        })?;
     let live = match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscription.ready()).await {
         Ok(result) => result?,
         Err(_) => {
@@ -158,7 +185,7 @@ pub async fn stream(
     };
     let mut writer = StreamWriter { ids, cursors: live };
     let mut initial: VecDeque<Bytes> = VecDeque::new();
-    initial.push_back(retry_line(retry));
+    initial.push_back(retry_line(stream_policy.retry));
     if let Some(resume) = resume {
         writer.cursors = resume;
         let mut gaps: Vec<&str> = Vec::new();
@@ -197,14 +224,18 @@ pub async fn stream(
         initial.extend(replay);
     }
 
-    let receiver = subscription.take_receiver();
+    let changes = state.policies.changes();
     let events = EventStream {
         pending: initial,
-        receiver,
+        taken: VecDeque::new(),
+        lossy: Vec::new(),
         writer,
-        keepalive_every: keepalive,
-        keepalive: Box::pin(tokio::time::sleep(keepalive)),
+        keepalive_every: stream_policy.keepalive,
+        keepalive: Box::pin(tokio::time::sleep(stream_policy.keepalive)),
         shutdown: Box::pin(state.shutdown.token().clone().cancelled_owned()),
+        policy_changed: ReusableBoxFuture::new(next_change(changes)),
+        policies: state.policies.clone(),
+        channels: request.channels,
         subscription,
     };
     let mut response = Response::new(Body::from_stream(events));
@@ -249,17 +280,29 @@ impl StreamWriter {
     }
 }
 
+/// Resolves with the receiver when policies change (never, if the store is gone).
+async fn next_change(mut changes: watch::Receiver<u64>) -> watch::Receiver<u64> {
+    if changes.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    changes
+}
+
 /// The body of a stream: initial chunks (`retry:`, gap notice, replay), then
 /// live deliveries, with keepalive comments when quiet. Ends on shutdown, when
 /// the hub cut it off as too slow, or when the client goes away (hyper drops it;
 /// dropping the subscription unregisters it from the hub).
 struct EventStream {
     pending: VecDeque<Bytes>,
-    receiver: mpsc::Receiver<Delivery>,
+    taken: VecDeque<Delivery>,
+    lossy: Vec<u16>,
     writer: StreamWriter,
     keepalive_every: Duration,
     keepalive: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    policy_changed: ReusableBoxFuture<'static, watch::Receiver<u64>>,
+    policies: PolicyStore,
+    channels: Vec<Arc<str>>,
     subscription: Subscription,
 }
 
@@ -269,33 +312,70 @@ impl EventStream {
         self.keepalive.as_mut().reset(deadline);
         Poll::Ready(Some(Ok(chunk)))
     }
+
+    /// Applies changed policies to this open stream: keepalive and queue.
+    fn apply_policies(&mut self) {
+        let policies: Vec<_> = self
+            .channels
+            .iter()
+            .map(|c| self.policies.resolve(c))
+            .collect();
+        let policy = StreamPolicy::of(&policies);
+        if policy.keepalive != self.keepalive_every {
+            self.keepalive_every = policy.keepalive;
+            let deadline = Instant::now() + policy.keepalive;
+            self.keepalive.as_mut().reset(deadline);
+        }
+        self.subscription
+            .queue()
+            .set_limits(policy.queue_events, policy.drop_oldest);
+    }
 }
 
 impl Stream for EventStream {
     type Item = Result<Bytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(chunk) = self.pending.pop_front() {
-            return self.sent(chunk);
-        }
-        if self.subscription.is_cut_off() || self.shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+        let this = &mut *self;
+        if let Poll::Ready(changes) = this.policy_changed.poll(cx) {
+            this.policy_changed.set(next_change(changes));
+            this.apply_policies();
+            // Poll the new future once so that it registers for the next change.
+            let _ = this.policy_changed.poll(cx);
         }
         loop {
-            match self.receiver.poll_recv(cx) {
-                Poll::Ready(Some(delivery)) => {
-                    let chunks = self.writer.write(delivery.index, &delivery.frame);
-                    self.pending.extend(chunks);
-                    if let Some(chunk) = self.pending.pop_front() {
-                        return self.sent(chunk);
+            if let Some(chunk) = this.pending.pop_front() {
+                return this.sent(chunk);
+            }
+            if this.shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if let Some(delivery) = this.taken.pop_front() {
+                let chunks = this.writer.write(delivery.index, &delivery.frame);
+                this.pending.extend(chunks);
+                continue;
+            }
+            match this
+                .subscription
+                .queue()
+                .poll_take(cx, &mut this.taken, &mut this.lossy)
+            {
+                Poll::Ready(Ok(())) => {
+                    if !this.lossy.is_empty() {
+                        let names: Vec<&str> = this
+                            .lossy
+                            .drain(..)
+                            .map(|i| &*this.channels[i as usize])
+                            .collect();
+                        this.pending.push_back(gap_frame(&names));
                     }
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Err(_cut_off)) => return Poll::Ready(None),
                 Poll::Pending => break,
             }
         }
-        if self.keepalive.as_mut().poll(cx).is_ready() {
-            return self.sent(Bytes::from_static(KEEPALIVE));
+        if this.keepalive.as_mut().poll(cx).is_ready() {
+            return this.sent(Bytes::from_static(KEEPALIVE));
         }
         Poll::Pending
     }
