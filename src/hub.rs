@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::backplane::{Backplane, BackplaneError, EventSink, ReplicaReport};
 use crate::event::{EventBody, Frame, Position};
@@ -178,6 +179,7 @@ impl Hub {
             .lock()
             .expect("hub lock")
             .insert(connection.id, connection.clone());
+        metrics::gauge!(crate::metrics::OPEN_STREAMS).increment(1.0);
         Ok(Subscription {
             hub: self.clone(),
             connection,
@@ -260,10 +262,14 @@ impl Hub {
             Offer::Queued => true,
             Offer::DroppedOldest => {
                 self.dropped_events.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::SLOW_CONSUMERS, "reason" => "dropped_oldest")
+                    .increment(1);
                 true
             }
             Offer::CutOff => {
                 self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::SLOW_CONSUMERS, "reason" => "disconnected")
+                    .increment(1);
                 tracing::info!(connection = connection.id, "cutting off a slow consumer");
                 false
             }
@@ -320,12 +326,34 @@ impl EventSink for Hub {
             return;
         };
         let frame = Arc::new(Frame::new(Some(position), body));
-        let mut inner = slot.inner.lock().expect("slot lock");
-        if position <= inner.position {
-            return;
+        let reached = {
+            let mut inner = slot.inner.lock().expect("slot lock");
+            if position <= inner.position {
+                return;
+            }
+            inner.position = position;
+            self.fan_out(&mut inner.subscribers, &frame);
+            inner.subscribers.len()
+        };
+        // One span and a few counter updates per event and replica, whatever
+        // the number of subscribers.
+        let lag = crate::event::now_ms().saturating_sub(body.published_ms);
+        metrics::counter!(crate::metrics::EVENTS_DELIVERED).increment(reached as u64);
+        metrics::histogram!(crate::metrics::DELIVER_LAG).record(lag as f64 / 1000.0);
+        if crate::telemetry::tracing_on() && !body.trace_parent.is_empty() {
+            let span = tracing::info_span!(
+                "sseplane.deliver",
+                otel.kind = "consumer",
+                messaging.destination.name = channel,
+                sseplane.event_id = %position,
+                sseplane.replica = %self.replica_id,
+                sseplane.subscribers = reached,
+                sseplane.lag_ms = lag,
+            );
+            let _ = span.set_parent(crate::telemetry::context_from_traceparent(
+                &body.trace_parent,
+            ));
         }
-        inner.position = position;
-        self.fan_out(&mut inner.subscribers, &frame);
     }
 
     fn deliver_broadcast(&self, body: &EventBody) {
@@ -408,6 +436,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::OPEN_STREAMS).decrement(1.0);
         self.connection.queue.close();
         self.hub.unsubscribe(&self.connection, &self.slots);
     }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod server;

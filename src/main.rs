@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    sseplane::telemetry::init(args.log_format, &args.log_level);
+    let telemetry = sseplane::telemetry::init(args.log_format, &args.log_level, &args.replica_id());
     let public = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -34,5 +34,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         os_signal().await;
         trigger.trigger();
     });
-    sseplane::server::run(args, public, admin, shutdown).await
+    let result =
+        sseplane::server::run(args, public, admin, shutdown, telemetry.log_level.clone()).await;
+    telemetry.shutdown();
+    result
 }

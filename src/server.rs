@@ -40,7 +40,7 @@ async fn start_policy_sources(
         let config = crate::policy::kube::KubeSourceConfig {
             namespace: (!args.watch_all_namespaces).then(|| namespace.clone()),
             lease_namespace: namespace,
-            lease_name: "sseplane-status".to_owned(),
+            lease_name: crate::policy::kube::DEFAULT_LEASE_NAME.to_owned(),
             replica_id: replica_id.to_owned(),
         };
         match ::kube::Client::try_default().await {
@@ -68,6 +68,7 @@ pub async fn run(
     public: TcpListener,
     admin: TcpListener,
     shutdown: Shutdown,
+    log_level: Option<crate::telemetry::LogLevel>,
 ) -> anyhow::Result<()> {
     let replica_id = args.replica_id();
     let backplane = backplane(&args, &replica_id)?;
@@ -87,6 +88,7 @@ pub async fn run(
         policies,
         max_channels_per_stream: args.max_channels_per_stream,
         shutdown: shutdown.clone(),
+        log_level,
     };
     tracing::info!(
         public = %public.local_addr()?,

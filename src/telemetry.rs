@@ -1,20 +1,265 @@
-//! Logging setup, in one place.
+//! Telemetry in one place: structured logs (text or JSON, the level changeable
+//! at run time) and OpenTelemetry traces exported by OTLP when the standard
+//! `OTEL_*` variables ask for it.
 
-use tracing_subscriber::EnvFilter;
+use std::time::Duration;
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber: `RUST_LOG` if set, else `level`; JSON lines
-/// or human text.
-pub fn init(format: LogFormat, level: &str) {
+/// Changes the log filter of the running process.
+#[derive(Clone)]
+pub struct LogLevel {
+    handle: reload::Handle<EnvFilter, Registry>,
+}
+
+impl LogLevel {
+    /// The filter in force.
+    pub fn current(&self) -> String {
+        self.handle
+            .with_current(|f| f.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the filter (`debug`, `sseplane=trace,info`, …).
+    pub fn set(&self, filter: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(filter).map_err(|e| format!("not a log filter: {e}"))?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// What [`init`] set up; call [`Telemetry::shutdown`] before exiting to flush spans.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    /// The runtime handle on the log filter.
+    pub log_level: Option<LogLevel>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the span exporter (bounded by its own timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "trace exporter did not flush");
+            }
+        }
+    }
+}
+
+/// True when the environment asks for OTLP export.
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|s| !s.trim().is_empty()))
+        && std::env::var("OTEL_TRACES_EXPORTER")
+            .map(|v| v != "none")
+            .unwrap_or(true)
+        && std::env::var("OTEL_SDK_DISABLED")
+            .map(|v| v != "true")
+            .unwrap_or(true)
+}
+
+/// Installs logging and, when configured, tracing. `replica_id` and the
+/// downward-API variables `POD_NAME`/`POD_NAMESPACE` become resource attributes.
+pub fn init(format: LogFormat, level: &str, replica_id: &str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let provider = otlp_configured()
+        .then(|| tracer_provider(replica_id))
+        .flatten();
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("sseplane"))
+            // Only sseplane's own spans become trace spans, whatever the log level.
+            .with_filter(Targets::new().with_target("sseplane", tracing::Level::INFO))
+    });
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if provider.is_some() {
+        tracing::info!("exporting traces by OTLP");
+    }
+    TRACING_ON.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
+    Telemetry {
+        provider,
+        log_level: installed.then_some(LogLevel { handle }),
+    }
+}
+
+static TRACING_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when spans are exported (so the hot path can skip building them).
+pub fn tracing_on() -> bool {
+    TRACING_ON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn tracer_provider(replica_id: &str) -> Option<SdkTracerProvider> {
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|_| "grpc".to_owned());
+    let exporter = match protocol.as_str() {
+        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build(),
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        other => {
+            tracing::error!(
+                protocol = other,
+                "unsupported OTEL_EXPORTER_OTLP_PROTOCOL (grpc, http/protobuf): traces off"
+            );
+            return None;
+        }
+    };
+    let exporter = match exporter {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the OTLP exporter: traces off");
+            return None;
+        }
+    };
+    let mut attributes = vec![KeyValue::new("service.instance.id", replica_id.to_owned())];
+    for (variable, key) in [
+        ("POD_NAME", "k8s.pod.name"),
+        ("POD_NAMESPACE", "k8s.namespace.name"),
+    ] {
+        if let Ok(value) = std::env::var(variable) {
+            attributes.push(KeyValue::new(key, value));
+        }
+    }
+    let mut resource = Resource::builder().with_attributes(attributes);
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("sseplane");
+    }
+    // The batch processor's queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, 2048):
+    // a collector that is down costs dropped spans, never delivery latency.
+    Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(CountingExporter(exporter))
+            .with_resource(resource.build())
+            .build(),
+    )
+}
+
+/// Counts spans the exporter failed to send.
+#[derive(Debug)]
+struct CountingExporter<E>(E);
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.0.export(batch).await;
+        if result.is_err() {
+            metrics::counter!(crate::metrics::SPANS_DROPPED).increment(spans);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource)
+    }
+}
+
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct OneHeader<'a>(&'a str);
+
+impl Extractor for OneHeader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+struct TraceParentOut(Option<String>);
+
+impl Injector for TraceParentOut {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// The caller's trace context from `traceparent`/`tracestate` headers.
+pub fn context_from_headers(headers: &axum::http::HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// The trace context a `traceparent` value names.
+pub fn context_from_traceparent(traceparent: &str) -> Context {
+    TraceContextPropagator::new().extract(&OneHeader(traceparent))
+}
+
+/// The `traceparent` of `span`, empty when it is not being traced.
+pub fn traceparent_of(span: &tracing::Span) -> String {
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return String::new();
+    }
+    let mut out = TraceParentOut(None);
+    TraceContextPropagator::new().inject_context(&context, &mut out);
+    out.0.unwrap_or_default()
+}
+
+/// The trace id of `span` as hex, when it is being traced.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
 }

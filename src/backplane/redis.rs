@@ -417,10 +417,15 @@ impl Subscriber {
         // Channels this replica has local subscribers for, kept across reconnects.
         let mut wanted: HashSet<Arc<str>> = HashSet::new();
         let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
         loop {
             match self.connect(&wanted).await {
                 Ok((sink, stream)) => {
                     backoff = Duration::from_millis(100);
+                    if connected_before {
+                        metrics::counter!(crate::metrics::REDIS_RECONNECTS).increment(1);
+                    }
+                    connected_before = true;
                     self.set_live(true, "subscribed");
                     tracing::info!(channels = wanted.len(), "backplane subscription live");
                     self.serve(sink, stream, &mut wanted, &mut commands).await;

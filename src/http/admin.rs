@@ -12,6 +12,61 @@ use super::error::ApiError;
 use super::AppState;
 use crate::backplane::Check;
 
+/// `GET /metrics`: Prometheus text. Probes and scrapes are not counted in the
+/// HTTP metrics (those cover the public API only).
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let up = state.hub.backplane().health().is_up();
+    ::metrics::gauge!(crate::metrics::BACKPLANE_UP).set(if up { 1.0 } else { 0.0 });
+    let (_, handle) = crate::metrics::install();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/log-level`: the log filter in force.
+pub async fn get_log_level(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let level = state.log_level.as_ref().ok_or_else(log_level_unavailable)?;
+    Ok(Json(json!({ "filter": level.current() })))
+}
+
+/// `PUT /v1/log-level` with `{"filter":"debug"}`: changes the log filter now.
+pub async fn set_log_level(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        filter: String,
+    }
+    let level = state.log_level.as_ref().ok_or_else(log_level_unavailable)?;
+    let request: Body = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("send {{\"filter\":\"debug\"}}: {e}"),
+        )
+    })?;
+    level
+        .set(&request.filter)
+        .map_err(|e| ApiError::bad_request("invalid_filter", e))?;
+    tracing::info!(filter = %request.filter, "log filter changed");
+    Ok(Json(json!({ "filter": level.current() })))
+}
+
+fn log_level_unavailable() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_IMPLEMENTED,
+        "not_available",
+        "the log filter cannot be changed in this process",
+    )
+}
+
 /// `GET /healthz`: 200 while the process serves, whatever Redis does.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))

@@ -8,10 +8,15 @@ pub mod stream;
 
 use std::sync::Arc;
 
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::hub::Hub;
 use crate::policy::PolicyStore;
@@ -31,18 +36,51 @@ pub struct AppState {
     pub max_channels_per_stream: usize,
     /// Process shutdown.
     pub shutdown: Shutdown,
+    /// The runtime log filter (absent when another subscriber was installed first).
+    pub log_level: Option<crate::telemetry::LogLevel>,
 }
 
 /// The public API on `--listen`.
 pub fn public_router(state: AppState, cors_origins: &str) -> Router {
+    let (http_metrics, _) = crate::metrics::install();
     Router::new()
         .route("/v1/stream", get(stream::stream))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/broadcast", post(publish::broadcast))
+        .route_layer(middleware::from_fn(trace_request))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(cors_layer(cors_origins))
+        .layer(http_metrics)
         .with_state(state)
+}
+
+/// Opens a span per request that continues the caller's W3C trace context, so
+/// that log lines inside the request carry its trace id. For a stream the span
+/// covers subscribing and replay, not the open connection.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let _ = span.set_parent(crate::telemetry::context_from_headers(request.headers()));
+    if let Some(trace_id) = crate::telemetry::trace_id_of(&span) {
+        span.record("trace_id", trace_id);
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// The admin API on `--admin-listen`.
@@ -51,6 +89,11 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/v1/diagnostics", get(admin::diagnostics))
+        .route("/metrics", get(admin::metrics))
+        .route(
+            "/v1/log-level",
+            get(admin::get_log_level).put(admin::set_log_level),
+        )
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

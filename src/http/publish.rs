@@ -7,6 +7,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
@@ -229,7 +230,42 @@ pub async fn publish(
             retention: policy.history,
         })
         .collect();
-    let positions = state.hub.backplane().publish(&items).await?;
+    // The Redis hop is a span of its own; its context travels with the event
+    // so that every replica's delivery span joins this trace.
+    let backplane = state.hub.backplane();
+    let span = tracing::info_span!(
+        "backplane.publish",
+        otel.kind = "producer",
+        messaging.system = backplane.kind(),
+        sseplane.channels = items.len(),
+    );
+    let traceparent = crate::telemetry::traceparent_of(&span);
+    let traced;
+    let items = if traceparent.is_empty() {
+        items
+    } else {
+        traced = EventBody {
+            trace_parent: traceparent,
+            ..body.clone()
+        };
+        items
+            .into_iter()
+            .map(|item| PublishItem {
+                body: &traced,
+                ..item
+            })
+            .collect()
+    };
+    let positions = match backplane.publish(&items).instrument(span).await {
+        Ok(positions) => positions,
+        Err(e) => {
+            metrics::counter!(crate::metrics::EVENTS_PUBLISHED, "outcome" => "unavailable")
+                .increment(items.len() as u64);
+            return Err(e.into());
+        }
+    };
+    metrics::counter!(crate::metrics::EVENTS_PUBLISHED, "outcome" => "ok")
+        .increment(items.len() as u64);
     let results = channels
         .into_iter()
         .zip(positions)

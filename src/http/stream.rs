@@ -187,9 +187,17 @@ pub async fn stream(
     let mut initial: VecDeque<Bytes> = VecDeque::new();
     initial.push_back(retry_line(stream_policy.retry));
     if let Some(resume) = resume {
+        // A span from here to the end of the replay (a child of the request's).
+        let span = tracing::info_span!(
+            "sseplane.replay",
+            sseplane.channels = request.channels.len(),
+            sseplane.replayed = tracing::field::Empty,
+            sseplane.gaps = tracing::field::Empty,
+        );
         writer.cursors = resume;
         let mut gaps: Vec<&str> = Vec::new();
         let mut replay: Vec<Bytes> = Vec::new();
+        let mut replayed = 0u64;
         for (index, channel) in request.channels.iter().enumerate() {
             let retention = policies[index].history;
             let after = writer.cursors[index];
@@ -215,12 +223,17 @@ pub async fn stream(
             }
             for (position, body) in &history.events {
                 let frame = Frame::new(Some(*position), body);
-                replay.extend(writer.write(index as u16, &frame));
+                let chunks = writer.write(index as u16, &frame);
+                replayed += u64::from(!chunks.is_empty());
+                replay.extend(chunks);
             }
         }
         if !gaps.is_empty() {
             initial.push_back(gap_frame(&gaps));
         }
+        span.record("sseplane.replayed", replayed);
+        span.record("sseplane.gaps", gaps.len());
+        metrics::counter!(crate::metrics::REPLAYED).increment(replayed);
         initial.extend(replay);
     }
 

@@ -325,6 +325,15 @@ impl SourceHandle {
         *inner.all.write().expect("store lock") = Arc::new(all);
         inner.cache.lock().expect("cache lock").clear();
         inner.version.send_modify(|v| *v += 1);
+        let invalid = sources
+            .verdicts
+            .values()
+            .flatten()
+            .filter(|v| v.error.is_some())
+            .count();
+        let valid = sources.verdicts.values().flatten().count() - invalid;
+        metrics::gauge!(crate::metrics::POLICIES, "state" => "valid").set(valid as f64);
+        metrics::gauge!(crate::metrics::POLICIES, "state" => "invalid").set(invalid as f64);
         tracing::info!(source = %self.name, policies = documents.len(), "policies updated");
         verdicts
     }
