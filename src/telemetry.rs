@@ -103,9 +103,10 @@ pub fn init(format: LogFormat, level: &str, replica_id: &str) -> Telemetry {
             .with_filter(Targets::new().with_target("sseplane", tracing::Level::INFO))
     });
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    // The log filter applies to log lines only: spans for traces are chosen
+    // by the OpenTelemetry layer's own filter, whatever the log level.
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()
         .is_ok();

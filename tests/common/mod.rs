@@ -115,11 +115,22 @@ pub struct Replica {
     pub admin: u16,
     child: Option<Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Replica {
     /// Starts a replica (on Redis when given, else in memory) and waits for `/readyz`.
     pub async fn start(id: &str, redis: Option<&Redis>, extra: &[&str]) -> Replica {
+        Replica::start_with_env(id, redis, extra, &[]).await
+    }
+
+    /// Like [`Replica::start`], with extra environment variables.
+    pub async fn start_with_env(
+        id: &str,
+        redis: Option<&Redis>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Replica {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if let Some(redis) = redis {
             args.extend(["--redis-url".to_owned(), redis.url()]);
@@ -130,6 +141,10 @@ impl Replica {
             admin: free_port(),
             child: None,
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         replica.spawn();
         replica.wait_ready().await;
@@ -144,6 +159,7 @@ impl Replica {
             .args(["--replica-id", &self.id])
             .args(&self.args)
             .env("SSEPLANE_LOG_LEVEL", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -219,6 +235,16 @@ impl Replica {
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
             .unwrap()
     }
 
