@@ -258,7 +258,11 @@ pub fn traceparent_of(span: &tracing::Span) -> String {
 
 /// The trace id of `span` as hex, when it is being traced.
 pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
-    let context = span.context();
+    trace_id_of_context(&span.context())
+}
+
+/// The trace id of `context` as hex, when it has a valid one.
+pub fn trace_id_of_context(context: &Context) -> Option<String> {
     let span_context = context.span().span_context().clone();
     span_context
         .is_valid()

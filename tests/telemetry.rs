@@ -212,6 +212,33 @@ async fn one_trace_follows_an_event_to_every_replica() {
         ["r0", "r1"],
         "one delivery span per replica with subscribers, none from r2"
     );
+    // The trace as a tree (shown with --nocapture; the README's rendering).
+    let mut deliveries: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "sseplane.deliver")
+        .collect();
+    deliveries.sort_by(|a, b| a.replica.cmp(&b.replica));
+    eprintln!(
+        "trace {trace_id}\n{} [{}] parent={caller_span}",
+        request.name, request.replica
+    );
+    eprintln!("└─ {} [{}] messaging.system=redis", hop.name, hop.replica);
+    for (i, d) in deliveries.iter().enumerate() {
+        let branch = if i + 1 == deliveries.len() {
+            "└─"
+        } else {
+            "├─"
+        };
+        eprintln!(
+            "   {branch} {} [{}] channel={} event_id={} subscribers={} lag_ms={}",
+            d.name,
+            d.replica,
+            d.attributes["messaging.destination.name"],
+            d.attributes["sseplane.event_id"],
+            d.attributes["sseplane.subscribers"],
+            d.attributes["sseplane.lag_ms"]
+        );
+    }
 
     // A resume is traced as a replay.
     publish(&r1, "traced", json!({"n": 2})).await;
@@ -395,4 +422,52 @@ async fn the_log_level_changes_at_run_time() {
         refused.json::<serde_json::Value>().await.unwrap()["error"]["code"],
         "invalid_filter"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_inside_a_request_carry_its_trace_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let (public, admin) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sseplane"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{public}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .args(["--log-format", "json", "--log-level", "sseplane=debug,info"])
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("ready", WAIT, || async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{public}/v1/publish"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&json!({"channel": "logged", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let line = wait_for("the log line of the publish", WAIT, || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        async move {
+            text.lines()
+                .find(|l| l.contains("\"published\""))
+                .map(str::to_owned)
+        }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(entry["span"]["trace_id"], trace_id, "{entry}");
+    assert_eq!(entry["level"], "DEBUG");
 }

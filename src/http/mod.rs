@@ -74,8 +74,12 @@ async fn trace_request(request: Request, next: Next) -> Response {
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    let _ = span.set_parent(crate::telemetry::context_from_headers(request.headers()));
-    if let Some(trace_id) = crate::telemetry::trace_id_of(&span) {
+    // The span's own trace id when traces are exported, else the caller's.
+    let caller = crate::telemetry::context_from_headers(request.headers());
+    let _ = span.set_parent(caller.clone());
+    if let Some(trace_id) = crate::telemetry::trace_id_of(&span)
+        .or_else(|| crate::telemetry::trace_id_of_context(&caller))
+    {
         span.record("trace_id", trace_id);
     }
     let response = next.run(request).instrument(span.clone()).await;

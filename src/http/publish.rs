@@ -266,6 +266,7 @@ pub async fn publish(
     };
     metrics::counter!(crate::metrics::EVENTS_PUBLISHED, "outcome" => "ok")
         .increment(items.len() as u64);
+    tracing::debug!(channels = items.len(), "published");
     let results = channels
         .into_iter()
         .zip(positions)
