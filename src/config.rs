@@ -112,6 +112,9 @@ pub struct ServeArgs {
     /// Watch policies in every namespace instead of the pod's own.
     #[arg(long, env = "SSEPLANE_WATCH_ALL_NAMESPACES")]
     pub watch_all_namespaces: bool,
+    /// The built-in page at `/` to watch delivery and publish test events (`on` or `off`).
+    #[arg(long, env = "SSEPLANE_UI", value_enum, default_value = "on")]
+    pub ui: Toggle,
     /// Log format.
     #[arg(long, env = "SSEPLANE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

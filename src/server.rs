@@ -95,7 +95,11 @@ pub async fn run(
         admin = %admin.local_addr()?,
         "listening"
     );
-    let public_app = public_router(state.clone(), &args.cors_origins);
+    let public_app = public_router(
+        state.clone(),
+        &args.cors_origins,
+        args.ui != crate::config::Toggle::Off,
+    );
     let admin_app = admin_router(state);
 
     // The admin server outlives the public one so that probes see readiness

@@ -41,9 +41,14 @@ pub struct AppState {
 }
 
 /// The public API on `--listen`.
-pub fn public_router(state: AppState, cors_origins: &str) -> Router {
+pub fn public_router(state: AppState, cors_origins: &str, ui: bool) -> Router {
     let (http_metrics, _) = crate::metrics::install();
-    Router::new()
+    let router = if ui {
+        Router::new().route("/", get(watch_page))
+    } else {
+        Router::new()
+    };
+    router
         .route("/v1/stream", get(stream::stream))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/broadcast", post(publish::broadcast))
@@ -53,6 +58,11 @@ pub fn public_router(state: AppState, cors_origins: &str) -> Router {
         .layer(cors_layer(cors_origins))
         .layer(http_metrics)
         .with_state(state)
+}
+
+/// The built-in page to watch delivery (`--ui`).
+async fn watch_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("ui/index.html"))
 }
 
 /// Opens a span per request that continues the caller's W3C trace context, so
