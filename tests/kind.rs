@@ -32,14 +32,12 @@ fn missing_tools() -> Vec<String> {
         })
         .map(|t| t.to_string())
         .collect();
-    if missing.is_empty()
-        && !Command::new("docker")
-            .arg("info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    {
+    let engine = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !missing.iter().any(|t| t == "docker") && !engine.is_ok_and(|s| s.success()) {
         missing.push("a running Docker engine".into());
     }
     missing
