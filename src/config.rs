@@ -38,6 +38,8 @@ pub enum Command {
     Watch(crate::cli::watch::WatchArgs),
     /// Print the ChannelPolicy CRD (YAML), generated from the Rust types.
     Crd,
+    /// Load-test an SSE server (sseplane or a peer) and report.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Log line format.

@@ -16,6 +16,7 @@
 //! - [`client`], [`cli`]: an SSE client and the `publish`/`watch` commands.
 
 pub mod backplane;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Publish(args)) => sseplane::cli::publish::run(args).await,
         Some(Command::Watch(args)) => sseplane::cli::watch::run(args).await,
+        Some(Command::Bench(args)) => sseplane::bench::run(args).await,
         Some(Command::Crd) => {
             print!("{}", sseplane::policy::crd::crd_yaml());
             Ok(())

@@ -1,0 +1,99 @@
+//! Smoke runs of `sseplane bench` against a real sseplane: the tool counts what
+//! was sent (correctness, not speed).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn bench(replica: &Replica, args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_sseplane"))
+        .arg("bench")
+        .args(args)
+        .args([
+            "--sub-url",
+            &format!("{}/v1/stream?channel={{channel}}", replica.url("")),
+        ])
+        .args(["--pub-url", &replica.url("/v1/publish")])
+        .args(["--pid", &replica.pid().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mode_counts_what_was_sent() {
+    let replica = Replica::start("bench", None, &[]).await;
+
+    let latency = bench(
+        &replica,
+        &[
+            "latency",
+            "--subscribers",
+            "5",
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+        ],
+    );
+    let published = latency["published"].as_u64().unwrap();
+    assert!(published >= 50, "{latency}");
+    assert_eq!(latency["expected"].as_u64().unwrap(), published * 5);
+    assert_eq!(latency["delivered"], latency["expected"], "{latency}");
+    assert_eq!(latency["lost"], 0);
+    assert_eq!(latency["duplicates"], 0);
+    assert!(latency["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(latency["server_cpu_s"].as_f64().is_some());
+
+    let fanout = bench(
+        &replica,
+        &[
+            "fanout",
+            "--subscribers",
+            "6",
+            "--channels",
+            "3",
+            "--duration",
+            "1s",
+            "--max-events",
+            "300",
+        ],
+    );
+    assert_eq!(fanout["published"], 300, "{fanout}");
+    assert_eq!(
+        fanout["expected"], 600,
+        "each event reaches its channel's two subscribers"
+    );
+    assert_eq!(fanout["delivered"], 600, "{fanout}");
+
+    let idle = bench(
+        &replica,
+        &["idle", "--subscribers", "40", "--hold", "200ms"],
+    );
+    assert_eq!(idle["established"], 40, "{idle}");
+    assert!(idle["server_rss_kib_after"].as_u64().unwrap() > 0);
+
+    // Only loopback targets are accepted.
+    let refused = Command::new(env!("CARGO_BIN_EXE_sseplane"))
+        .args([
+            "bench",
+            "idle",
+            "--subscribers",
+            "1",
+            "--sub-url",
+            "http://192.0.2.1:80/x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("loopback"));
+}
