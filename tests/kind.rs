@@ -226,6 +226,9 @@ async fn kind_install_scale_fail_and_trace() {
             "jaeger.enabled=true",
             "--set",
             "replicaCount=1",
+            // The examples are applied below as they are.
+            "--set",
+            "policies=null",
             "--wait",
             "--timeout",
             "5m",

@@ -41,8 +41,6 @@ const MIN_KEY_TTL_MS: u64 = 3_600_000;
 const SUBSCRIBE_BATCH: usize = 512;
 
 const PUBLISH_SCRIPT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local min_ttl = tonumber(ARGV[1])
 local ids = {}
 for i = 1, #KEYS / 2 do
@@ -52,6 +50,8 @@ for i = 1, #KEYS / 2 do
   local prev = redis.call('GET', last_key) or '0-0'
   local id = redis.call('XADD', hist, 'MAXLEN', max_events, '*', 'p', prev, 'm', msg)
   if max_age > 0 then
+    -- The new id's milliseconds are Redis's clock: no TIME call needed.
+    local now = tonumber(string.match(id, '^(%d+)'))
     redis.call('XTRIM', hist, 'MINID', string.format('%d', now - max_age))
   end
   local ttl = math.max(max_age, min_ttl)

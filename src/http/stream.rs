@@ -293,6 +293,32 @@ impl StreamWriter {
     }
 }
 
+/// Most bytes joined into one write.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Takes the next chunk to write: under load, everything queued (up to
+/// [`COALESCE_LIMIT`]) joined into one buffer, so that a busy stream costs one
+/// write for many events instead of one write each.
+fn coalesce(pending: &mut VecDeque<Bytes>) -> Bytes {
+    let mut size = 0;
+    let mut count = 0;
+    for chunk in pending.iter() {
+        if count > 0 && size + chunk.len() > COALESCE_LIMIT {
+            break;
+        }
+        size += chunk.len();
+        count += 1;
+    }
+    if count <= 1 {
+        return pending.pop_front().unwrap_or_default();
+    }
+    let mut joined = bytes::BytesMut::with_capacity(size);
+    for chunk in pending.drain(..count) {
+        joined.extend_from_slice(&chunk);
+    }
+    joined.freeze()
+}
+
 /// Resolves with the receiver when policies change (never, if the store is gone).
 async fn next_change(mut changes: watch::Receiver<u64>) -> watch::Receiver<u64> {
     if changes.changed().await.is_err() {
@@ -357,15 +383,18 @@ impl Stream for EventStream {
             let _ = this.policy_changed.poll(cx);
         }
         loop {
-            if let Some(chunk) = this.pending.pop_front() {
+            if !this.pending.is_empty() {
+                let chunk = coalesce(&mut this.pending);
                 return this.sent(chunk);
             }
             if this.shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            if let Some(delivery) = this.taken.pop_front() {
-                let chunks = this.writer.write(delivery.index, &delivery.frame);
-                this.pending.extend(chunks);
+            if !this.taken.is_empty() {
+                while let Some(delivery) = this.taken.pop_front() {
+                    let chunks = this.writer.write(delivery.index, &delivery.frame);
+                    this.pending.extend(chunks);
+                }
                 continue;
             }
             match this
