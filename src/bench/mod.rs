@@ -358,13 +358,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
     };
 
+    // A fixed rate is kept by several staggered publishers, so that one slow
+    // answer does not hold back the next publish.
     let workers = if args.mode == Mode::Latency {
-        1
+        4
     } else {
         args.publishers.max(1)
     };
     let mut publishers = Vec::new();
-    for _ in 0..workers {
+    for worker in 0..workers {
         let http = http.clone();
         let args = args.clone();
         let channels = channels.clone();
@@ -373,8 +375,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let pad = pad.clone();
         publishers.push(tokio::spawn(async move {
             let mut ticks = (args.mode == Mode::Latency).then(|| {
-                let mut i =
-                    tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
+                let period = Duration::from_secs_f64(workers as f64 / args.rate.max(1) as f64);
+                let first =
+                    tokio::time::Instant::now() + period.mul_f64(worker as f64 / workers as f64);
+                let mut i = tokio::time::interval_at(first, period);
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 i
             });
