@@ -482,7 +482,7 @@ fn ready_condition(status: &ChannelPolicyStatus) -> Option<&Condition> {
 mod tests {
     use super::*;
     use crate::policy::crd::ChannelPolicySpec;
-    use crate::policy::{EffectivePolicy, PolicyStore, Retention};
+    use crate::policy::PolicyStore;
     use http::{Method, Request, Response, StatusCode};
     use k8s_openapi::jiff::SignedDuration;
     use kube::client::Body;
@@ -841,16 +841,7 @@ mod tests {
     }
 
     fn store() -> PolicyStore {
-        PolicyStore::new(EffectivePolicy::defaults(
-            Duration::from_secs(15),
-            Duration::from_secs(3),
-            Retention {
-                max_events: 1000,
-                max_age: Duration::from_secs(3600),
-            },
-            65536,
-            1024,
-        ))
+        PolicyStore::new(crate::config::ServeArgs::default().default_policy())
     }
 
     /// Retries at once: the default backoff's jittered delays would race the step timeouts.

@@ -347,16 +347,7 @@ mod tests {
     use std::time::Duration;
 
     fn default() -> EffectivePolicy {
-        EffectivePolicy::defaults(
-            Duration::from_secs(15),
-            Duration::from_secs(3),
-            Retention {
-                max_events: 1000,
-                max_age: Duration::from_secs(3600),
-            },
-            65536,
-            1024,
-        )
+        crate::config::ServeArgs::default().default_policy()
     }
 
     fn doc(key: &str, channels: &[&str], priority: i32) -> PolicyDocument {
