@@ -73,6 +73,9 @@ pub struct Hub {
     next_connection: AtomicU64,
     slow_disconnects: AtomicU64,
     dropped_events: AtomicU64,
+    // Handles looked up once: the per-event path only adds to them.
+    delivered: metrics::Counter,
+    lag: metrics::Histogram,
 }
 
 /// A channel refused a new stream because it has its most subscribers.
@@ -117,6 +120,8 @@ impl Hub {
             next_connection: AtomicU64::new(1),
             slow_disconnects: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
+            delivered: metrics::counter!(crate::metrics::EVENTS_DELIVERED),
+            lag: metrics::histogram!(crate::metrics::DELIVER_LAG),
         })
     }
 
@@ -338,8 +343,8 @@ impl EventSink for Hub {
         // One span and a few counter updates per event and replica, whatever
         // the number of subscribers.
         let lag = crate::event::now_ms().saturating_sub(body.published_ms);
-        metrics::counter!(crate::metrics::EVENTS_DELIVERED).increment(reached as u64);
-        metrics::histogram!(crate::metrics::DELIVER_LAG).record(lag as f64 / 1000.0);
+        self.delivered.increment(reached as u64);
+        self.lag.record(lag as f64 / 1000.0);
         if crate::telemetry::tracing_on() && !body.trace_parent.is_empty() {
             let span = tracing::info_span!(
                 "sseplane.deliver",

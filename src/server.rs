@@ -70,6 +70,8 @@ pub async fn run(
     shutdown: Shutdown,
     log_level: Option<crate::telemetry::LogLevel>,
 ) -> anyhow::Result<()> {
+    // The metrics recorder first: the hub keeps handles to its metrics.
+    crate::metrics::install();
     let replica_id = args.replica_id();
     let backplane = backplane(&args, &replica_id)?;
     match &args.redis_url {
@@ -79,6 +81,7 @@ pub async fn run(
             "using the in-memory backplane: one instance only (set --redis-url for several)"
         ),
     }
+    tracing::warn!("no signing key configured: auth is off, anyone who reaches the public port may subscribe and publish");
     let policies = PolicyStore::new(args.default_policy());
     start_policy_sources(&args, &policies, &replica_id).await?;
     let hub = Hub::new(backplane, replica_id);
