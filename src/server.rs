@@ -103,6 +103,7 @@ pub async fn run(
         &args.cors_origins,
         args.ui != crate::config::Toggle::Off,
     );
+    let public_state = state.clone();
     let admin_app = admin_router(state);
 
     // The admin server outlives the public one so that probes see readiness
@@ -110,11 +111,9 @@ pub async fn run(
     let public_done = Shutdown::new();
     let public_server = {
         let public_done = public_done.clone();
-        let shutdown = shutdown.clone();
+        let cors = crate::http::lean::StreamCors::new(&args.cors_origins);
         async move {
-            let result = axum::serve(public, public_app)
-                .with_graceful_shutdown(shutdown.wait())
-                .await;
+            let result = crate::http::lean::serve(public, public_app, public_state, cors).await;
             public_done.trigger();
             result
         }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod lean;
 pub mod publish;
 pub mod stream;
 

@@ -125,13 +125,49 @@ pub async fn stream(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let events = open(&state, query.as_deref(), &headers).await?;
+    let mut response = Response::new(Body::from_stream(events));
+    *response.status_mut() = StatusCode::OK;
+    for (name, value) in response_headers(&state) {
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
+}
+
+/// The headers of a stream's response.
+pub fn response_headers(state: &AppState) -> Vec<(header::HeaderName, HeaderValue)> {
+    let mut headers = vec![
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            header::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ];
+    if let Ok(replica) = HeaderValue::from_str(state.hub.replica_id()) {
+        headers.push((header::HeaderName::from_static(REPLICA_HEADER), replica));
+    }
+    headers
+}
+
+/// Opens a stream: validates the request, subscribes, reads what a resume
+/// missed, and returns the body (the `retry:` line first). Shared by the axum
+/// handler and the lean HTTP/1 path.
+pub async fn open(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<EventStream, ApiError> {
     if state.shutdown.is_triggered() {
         return Err(ApiError::unavailable(
             "shutting_down",
             "this replica is shutting down; reconnect",
         ));
     }
-    let request = parse_query(query.as_deref(), &headers, state.max_channels_per_stream)?;
+    let request = parse_query(query, headers, state.max_channels_per_stream)?;
     let ids = StreamIds::new(&request.channels);
     let resume = match &request.last_event_id {
         Some(token) => Some(
@@ -251,19 +287,7 @@ pub async fn stream(
         channels: request.channels,
         subscription,
     };
-    let mut response = Response::new(Body::from_stream(events));
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Ok(replica) = HeaderValue::from_str(state.hub.replica_id()) {
-        headers.insert(REPLICA_HEADER, replica);
-    }
-    Ok(response)
+    Ok(events)
 }
 
 /// Turns deliveries into the bytes of one stream, keeping its position on each
@@ -331,7 +355,7 @@ async fn next_change(mut changes: watch::Receiver<u64>) -> watch::Receiver<u64> 
 /// live deliveries, with keepalive comments when quiet. Ends on shutdown, when
 /// the hub cut it off as too slow, or when the client goes away (hyper drops it;
 /// dropping the subscription unregisters it from the hub).
-struct EventStream {
+pub struct EventStream {
     pending: VecDeque<Bytes>,
     taken: VecDeque<Delivery>,
     lossy: Vec<u16>,

@@ -1,0 +1,412 @@
+//! The public listener with a lean HTTP/1 path for streams.
+//!
+//! hyper keeps about 24 KiB of read and write buffers per connection for as
+//! long as a response lasts; an SSE stream needs neither once its request head
+//! is read. So the public listener reads each connection's first request head
+//! itself, into a small buffer that is dropped at once: `GET /v1/stream` is then
+//! served directly on the socket (a close-delimited response), and every other
+//! request goes to hyper and the axum router, together with the bytes already
+//! read. Later requests on a kept-alive hyper connection stay with hyper, which
+//! serves `/v1/stream` through the same [`super::stream::open`].
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::Router;
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::error::ApiError;
+use super::stream;
+use super::AppState;
+use crate::shutdown::Shutdown;
+
+/// Largest request head read on the lean path.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most headers parsed.
+const MAX_HEADERS: usize = 64;
+/// Time allowed for a request head to arrive.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Cross-origin headers for streams served on the lean path, as the CORS layer
+/// of the router answers them.
+#[derive(Debug, Clone)]
+pub struct StreamCors {
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl StreamCors {
+    /// From `--cors-origins`.
+    pub fn new(origins: &str) -> StreamCors {
+        let any = origins.trim() == "*";
+        let origins = origins
+            .split(',')
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        StreamCors { any, origins }
+    }
+
+    fn headers(&self, origin: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut out = vec![(
+            "vary",
+            "origin, access-control-request-method, access-control-request-headers".to_owned(),
+        )];
+        if self.any {
+            out.push(("access-control-allow-origin", "*".to_owned()));
+        } else if let Some(origin) = origin.filter(|o| self.origins.iter().any(|a| a == o)) {
+            out.push(("access-control-allow-origin", origin.to_owned()));
+            out.push(("access-control-allow-credentials", "true".to_owned()));
+        } else {
+            return out;
+        }
+        out.push((
+            "access-control-expose-headers",
+            super::REPLICA_HEADER.to_owned(),
+        ));
+        out
+    }
+}
+
+/// Serves the public API on `listener` until `shutdown`, then waits for hyper's
+/// connections to finish (streams end by themselves on shutdown).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    cors: StreamCors,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let streams = TaskTracker::new();
+    let shutdown: Shutdown = state.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.clone().wait() => break,
+        };
+        let (tcp, _) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let connection = Connection {
+            router: router.clone(),
+            state: state.clone(),
+            cors: cors.clone(),
+        };
+        let watcher = graceful.watcher();
+        streams.spawn(async move { connection.serve(tcp, watcher).await });
+    }
+    drop(listener);
+    streams.close();
+    tokio::join!(graceful.shutdown(), streams.wait());
+    Ok(())
+}
+
+struct Connection {
+    router: Router,
+    state: AppState,
+    cors: StreamCors,
+}
+
+/// A request head, parsed.
+struct Head {
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+}
+
+fn parse_head(bytes: &[u8]) -> Option<Result<Head, ()>> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => return Some(Err(())),
+    }
+    let target = request.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (target.to_owned(), None),
+    };
+    let mut headers = HeaderMap::new();
+    for h in request.headers.iter() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    Some(Ok(Head {
+        method: request.method.unwrap_or("").to_owned(),
+        path,
+        query,
+        headers,
+    }))
+}
+
+impl Connection {
+    async fn serve(self, mut tcp: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
+        let mut read = Vec::with_capacity(1024);
+        let head = tokio::time::timeout(HEAD_TIMEOUT, async {
+            let mut buf = [0u8; 2048];
+            loop {
+                let n = tcp.read(&mut buf).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                read.extend_from_slice(&buf[..n]);
+                match parse_head(&read) {
+                    Some(parsed) => return Some(parsed),
+                    None if read.len() > MAX_HEAD => return Some(Err(())),
+                    None => continue,
+                }
+            }
+        })
+        .await;
+        let head = match head {
+            Ok(Some(head)) => head,
+            // Closed, or too slow: nothing to answer.
+            Ok(None) | Err(_) => return,
+        };
+        match head {
+            Ok(head) if head.method == "GET" && head.path == "/v1/stream" => {
+                drop(read);
+                self.stream(tcp, head).await;
+            }
+            // Everything else (and heads httparse refuses) is hyper's.
+            _ => {
+                let io = TokioIo::new(Prefixed {
+                    prefix: read,
+                    offset: 0,
+                    inner: tcp,
+                });
+                let service = TowerToHyperService::new(self.router);
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .serve_connection(io, service);
+                let _ = watcher.watch(connection).await;
+            }
+        }
+    }
+
+    /// Serves one stream on the socket: the head, then the body until it ends
+    /// or the client goes away.
+    async fn stream(self, mut tcp: TcpStream, head: Head) {
+        let origin = head
+            .headers
+            .get("origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let cors = self.cors.headers(origin.as_deref());
+        let span = tracing::info_span!(
+            "request",
+            otel.name = "GET /v1/stream",
+            otel.kind = "server",
+            http.request.method = "GET",
+            http.route = "/v1/stream",
+            http.response.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let caller = crate::telemetry::context_from_headers(&head.headers);
+        let _ = span.set_parent(caller.clone());
+        if let Some(trace_id) = crate::telemetry::trace_id_of(&span)
+            .or_else(|| crate::telemetry::trace_id_of_context(&caller))
+        {
+            span.record("trace_id", trace_id);
+        }
+        let opened = stream::open(&self.state, head.query.as_deref(), &head.headers)
+            .instrument(span.clone())
+            .await;
+        let status = match &opened {
+            Ok(_) => StatusCode::OK,
+            Err(e) => e.status,
+        };
+        span.record("http.response.status_code", status.as_u16());
+        drop(span);
+        metrics::counter!(
+            axum_prometheus::utils::requests_total_name(),
+            "method" => "GET",
+            "status" => status.as_u16().to_string(),
+            "endpoint" => "/v1/stream"
+        )
+        .increment(1);
+        let mut events = match opened {
+            Ok(events) => events,
+            Err(error) => {
+                let _ = tcp.write_all(&error_response(&error, &cors)).await;
+                let _ = tcp.shutdown().await;
+                return;
+            }
+        };
+        let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
+        for (name, value) in stream::response_headers(&self.state) {
+            response.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
+        }
+        for (name, value) in cors {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        response.push_str("\r\n");
+        if tcp.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        // Watch the read side too: a client that closes its end is noticed at
+        // once rather than at the next write (hyper does the same).
+        let (mut reader, mut writer) = tcp.split();
+        let mut probe = [0u8; 64];
+        loop {
+            tokio::select! {
+                chunk = events.next() => match chunk {
+                    Some(Ok(chunk)) => {
+                        if writer.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => break,
+                },
+                read = reader.read(&mut probe) => match read {
+                    Ok(0) | Err(_) => return,
+                    // Bytes after the request (a pipelined request) are ignored.
+                    Ok(_) => {}
+                },
+            }
+        }
+        let _ = writer.shutdown().await;
+    }
+}
+
+/// A JSON error response, closing the connection.
+fn error_response(error: &ApiError, cors: &[(&'static str, String)]) -> Vec<u8> {
+    let body = serde_json::json!({ "error": { "code": error.code, "message": error.message } })
+        .to_string();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        error.status.as_u16(),
+        error.status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if let Some(seconds) = error.retry_after {
+        head.push_str(&format!("retry-after: {seconds}\r\n"));
+    }
+    for (name, value) in cors {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// A socket whose first bytes were already read: replays them, then reads on.
+struct Prefixed {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.offset);
+            let start = self.offset;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.offset += n;
+            if self.offset == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.offset = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse_incrementally() {
+        assert!(parse_head(b"GET /v1/stream?channel=a HTTP/1.1\r\nHost: x\r\n").is_none());
+        let head = parse_head(b"GET /v1/stream?channel=a HTTP/1.1\r\nLast-Event-ID: 1-0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.path, "/v1/stream");
+        assert_eq!(head.query.as_deref(), Some("channel=a"));
+        assert_eq!(head.headers["last-event-id"], "1-0");
+        assert!(parse_head(b"\x00\x01 garbage\r\n\r\n").unwrap().is_err());
+    }
+
+    #[test]
+    fn cors_matches_the_router_layer() {
+        let any = StreamCors::new("*");
+        assert!(any
+            .headers(None)
+            .contains(&("access-control-allow-origin", "*".to_owned())));
+        let listed = StreamCors::new("https://a.example, https://b.example");
+        let headers = listed.headers(Some("https://b.example"));
+        assert!(headers.contains(&(
+            "access-control-allow-origin",
+            "https://b.example".to_owned()
+        )));
+        assert!(headers.contains(&("access-control-allow-credentials", "true".to_owned())));
+        assert!(!listed
+            .headers(Some("https://evil.example"))
+            .iter()
+            .any(|(n, _)| *n == "access-control-allow-origin"));
+    }
+}
