@@ -235,6 +235,27 @@ impl Injector for TraceParentOut {
     }
 }
 
+/// The span of one public request: it continues the caller's W3C trace context
+/// and carries a `trace_id` field (the exported span's, else the caller's) so
+/// that log lines inside the request name their trace.
+pub fn request_span(method: &str, route: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let caller = context_from_headers(headers);
+    let _ = span.set_parent(caller.clone());
+    if let Some(trace_id) = trace_id_of(&span).or_else(|| trace_id_of_context(&caller)) {
+        span.record("trace_id", trace_id);
+    }
+    span
+}
+
 /// The caller's trace context from `traceparent`/`tracestate` headers.
 pub fn context_from_headers(headers: &axum::http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))

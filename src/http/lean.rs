@@ -24,7 +24,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::error::ApiError;
 use super::stream;
@@ -218,22 +217,7 @@ impl Connection {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let cors = self.cors.headers(origin.as_deref());
-        let span = tracing::info_span!(
-            "request",
-            otel.name = "GET /v1/stream",
-            otel.kind = "server",
-            http.request.method = "GET",
-            http.route = "/v1/stream",
-            http.response.status_code = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        let caller = crate::telemetry::context_from_headers(&head.headers);
-        let _ = span.set_parent(caller.clone());
-        if let Some(trace_id) = crate::telemetry::trace_id_of(&span)
-            .or_else(|| crate::telemetry::trace_id_of_context(&caller))
-        {
-            span.record("trace_id", trace_id);
-        }
+        let span = crate::telemetry::request_span("GET", "/v1/stream", &head.headers);
         let opened = stream::open(&self.state, head.query.as_deref(), &head.headers)
             .instrument(span.clone())
             .await;

@@ -17,7 +17,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::hub::Hub;
 use crate::policy::PolicyStore;
@@ -76,23 +75,7 @@ async fn trace_request(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %format!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
-        http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    // The span's own trace id when traces are exported, else the caller's.
-    let caller = crate::telemetry::context_from_headers(request.headers());
-    let _ = span.set_parent(caller.clone());
-    if let Some(trace_id) = crate::telemetry::trace_id_of(&span)
-        .or_else(|| crate::telemetry::trace_id_of_context(&caller))
-    {
-        span.record("trace_id", trace_id);
-    }
+    let span = crate::telemetry::request_span(method.as_str(), &route, request.headers());
     let response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     response
