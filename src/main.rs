@@ -23,6 +23,12 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let telemetry = sseplane::telemetry::init(args.log_format, &args.log_level, &args.replica_id());
+    // One descriptor per stream: take every descriptor the process may have
+    // (the soft limit is often 1024, far below what a replica holds).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let public = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -89,6 +89,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let streams = TaskTracker::new();
     let shutdown: Shutdown = state.shutdown.clone();
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -97,8 +98,12 @@ pub async fn serve(
         let (tcp, _) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "accept failed");
+                // Out of file descriptors and the like: back off, keep serving,
+                // and say so at most every 10 seconds.
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "accept failed (more may follow silently for 10 s)");
+                    last_warning = Some(std::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
