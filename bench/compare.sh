@@ -27,14 +27,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# sseplane: Redis + replicas A (18091) and B (18092).
+# sseplane: Redis + replicas A (18091) and B (18092), one worker thread each
+# (like the Nchan peer's one nginx worker per instance; SSEPLANE_WORKERS to change).
 redis-server --bind 127.0.0.1 --port 16390 --save '' --appendonly no --daemonize yes \
   --pidfile "$RUN/redis.pid" --logfile "$RUN/redis.log" --dir "$RUN"
 for _ in $(seq 50); do redis-cli -p 16390 ping >/dev/null 2>&1 && break; sleep 0.1; done
 for r in A:18091:19091 B:18092:19092; do
   IFS=: read -r name port admin <<< "$r"
   "$BIN" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --redis-url redis://127.0.0.1:16390 --replica-id "$name" --log-level warn --queue-events 65536 &
+    --redis-url redis://127.0.0.1:16390 --replica-id "$name" --log-level warn --queue-events 65536 \
+    --worker-threads "${SSEPLANE_WORKERS:-1}" &
   pids+=($!)
 done
 SSEPLANE_PIDS=("${pids[@]}")

@@ -117,6 +117,9 @@ pub struct ServeArgs {
     /// The built-in page at `/` to watch delivery and publish test events (`on` or `off`).
     #[arg(long, env = "SSEPLANE_UI", value_enum, default_value = "on")]
     pub ui: Toggle,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "SSEPLANE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Log format.
     #[arg(long, env = "SSEPLANE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -5,9 +5,21 @@ use clap::Parser;
 use sseplane::config::{Cli, Command, ServeArgs};
 use sseplane::shutdown::{os_signal, Shutdown};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let workers = match &cli.command {
+        None => cli.serve.worker_threads,
+        Some(Command::Serve(args)) => args.worker_threads,
+        _ => None,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    runtime.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
