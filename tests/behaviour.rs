@@ -699,6 +699,12 @@ async fn every_contract_error_has_its_status_and_json_body(kind: Kind) {
             "missing_data",
         ),
         (
+            "not an object",
+            post("/v1/publish", "application/json", "[1,2]".into()),
+            400,
+            "invalid_request",
+        ),
+        (
             "unknown path",
             http.get(r.url("/v2/nothing")),
             404,

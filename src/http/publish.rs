@@ -116,14 +116,27 @@ async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let result = serde_json::from_slice(bytes).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
             "malformed_json"
         } else {
             "invalid_request"
         };
         ApiError::bad_request(code, e.to_string())
-    })
+    });
+    // Valid JSON that is not an object (serde would read an array as a
+    // sequence of fields): say what is expected.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if result.is_err()
+        && first.is_some_and(|b| *b != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object",
+        ));
+    }
+    result
 }
 
 fn event_body(
