@@ -280,6 +280,7 @@ pub async fn open(
         lossy: Vec::new(),
         writer,
         keepalive_every: stream_policy.keepalive,
+        last_sent: Instant::now(),
         keepalive: Box::pin(tokio::time::sleep(stream_policy.keepalive)),
         shutdown: Box::pin(state.shutdown.token().clone().cancelled_owned()),
         policy_changed: ReusableBoxFuture::new(next_change(changes)),
@@ -361,6 +362,7 @@ pub struct EventStream {
     lossy: Vec<u16>,
     writer: StreamWriter,
     keepalive_every: Duration,
+    last_sent: Instant,
     keepalive: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     policy_changed: ReusableBoxFuture<'static, watch::Receiver<u64>>,
@@ -370,9 +372,10 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// Hands a chunk to the writer. The keepalive timer is not moved here (that
+    /// would cost a timer update per event): it checks `last_sent` when it fires.
     fn sent(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
-        let deadline = Instant::now() + self.keepalive_every;
-        self.keepalive.as_mut().reset(deadline);
+        self.last_sent = Instant::now();
         Poll::Ready(Some(Ok(chunk)))
     }
 
@@ -440,8 +443,18 @@ impl Stream for EventStream {
                 Poll::Pending => break,
             }
         }
-        if this.keepalive.as_mut().poll(cx).is_ready() {
-            return this.sent(Bytes::from_static(KEEPALIVE));
+        // The timer fires `keepalive_every` after it was last armed; the stream is
+        // quiet only if nothing was sent since then, else it re-arms for the
+        // rest of the interval after the last write.
+        while this.keepalive.as_mut().poll(cx).is_ready() {
+            let due = this.last_sent + this.keepalive_every;
+            if Instant::now() >= due {
+                this.keepalive
+                    .as_mut()
+                    .reset(Instant::now() + this.keepalive_every);
+                return this.sent(Bytes::from_static(KEEPALIVE));
+            }
+            this.keepalive.as_mut().reset(due);
         }
         Poll::Pending
     }
