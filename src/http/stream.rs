@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -459,5 +460,3 @@ impl Stream for EventStream {
         Poll::Pending
     }
 }
-
-use std::future::Future;
