@@ -169,15 +169,17 @@ fn parse_head(bytes: &[u8]) -> Option<Result<Head, ()>> {
 
 impl Connection {
     async fn serve(self, mut tcp: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
+        // This future lives as long as the stream: everything it holds across an
+        // await is paid per connection, so the head is read straight into a
+        // heap buffer that is dropped, and hyper's (large) future is boxed.
         let mut read = Vec::with_capacity(1024);
         let head = tokio::time::timeout(HEAD_TIMEOUT, async {
-            let mut buf = [0u8; 2048];
             loop {
-                let n = tcp.read(&mut buf).await.ok()?;
+                read.reserve(1024);
+                let n = tcp.read_buf(&mut read).await.ok()?;
                 if n == 0 {
                     return None;
                 }
-                read.extend_from_slice(&buf[..n]);
                 match parse_head(&read) {
                     Some(parsed) => return Some(parsed),
                     None if read.len() > MAX_HEAD => return Some(Err(())),
@@ -194,7 +196,7 @@ impl Connection {
         match head {
             Ok(head) if head.method == "GET" && head.path == "/v1/stream" => {
                 drop(read);
-                self.stream(tcp, head).await;
+                Box::pin(self.stream(tcp, head)).await;
             }
             // Everything else (and heads httparse refuses) is hyper's.
             _ => {
@@ -208,7 +210,7 @@ impl Connection {
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEAD_TIMEOUT)
                     .serve_connection(io, service);
-                let _ = watcher.watch(connection).await;
+                let _ = Box::pin(watcher.watch(connection)).await;
             }
         }
     }
@@ -216,48 +218,11 @@ impl Connection {
     /// Serves one stream on the socket: the head, then the body until it ends
     /// or the client goes away.
     async fn stream(self, mut tcp: TcpStream, head: Head) {
-        let origin = head
-            .headers
-            .get("origin")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let cors = self.cors.headers(origin.as_deref());
-        let span = crate::telemetry::request_span("GET", "/v1/stream", &head.headers);
-        let opened = stream::open(&self.state, head.query.as_deref(), &head.headers)
-            .instrument(span.clone())
-            .await;
-        let status = match &opened {
-            Ok(_) => StatusCode::OK,
-            Err(e) => e.status,
-        };
-        span.record("http.response.status_code", status.as_u16());
-        drop(span);
-        metrics::counter!(
-            axum_prometheus::utils::requests_total_name(),
-            "method" => "GET",
-            "status" => status.as_u16().to_string(),
-            "endpoint" => "/v1/stream"
-        )
-        .increment(1);
-        let mut events = match opened {
-            Ok(events) => events,
-            Err(error) => {
-                let _ = tcp.write_all(&error_response(&error, &cors)).await;
-                let _ = tcp.shutdown().await;
-                return;
-            }
-        };
-        let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
-        for (name, value) in stream::response_headers(&self.state) {
-            response.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
-        }
-        for (name, value) in cors {
-            response.push_str(&format!("{name}: {value}\r\n"));
-        }
-        response.push_str("\r\n");
-        if tcp.write_all(response.as_bytes()).await.is_err() {
+        // Everything but the socket and the body is dropped before the stream
+        // settles in: this future lives as long as the stream.
+        let Some(mut events) = self.open_stream(&mut tcp, head).await else {
             return;
-        }
+        };
         // Watch the read side too: a client that closes its end is noticed at
         // once rather than at the next write (hyper does the same).
         let (mut reader, mut writer) = tcp.split();
@@ -280,6 +245,53 @@ impl Connection {
             }
         }
         let _ = writer.shutdown().await;
+    }
+
+    /// Opens the stream and writes the response head; `None` when the request
+    /// was answered with an error (or the client left).
+    async fn open_stream(self, tcp: &mut TcpStream, head: Head) -> Option<stream::EventStream> {
+        let origin = head
+            .headers
+            .get("origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let cors = self.cors.headers(origin.as_deref());
+        let span = crate::telemetry::request_span("GET", "/v1/stream", &head.headers);
+        let opened = stream::open(&self.state, head.query.as_deref(), &head.headers)
+            .instrument(span.clone())
+            .await;
+        drop(head);
+        let status = match &opened {
+            Ok(_) => StatusCode::OK,
+            Err(e) => e.status,
+        };
+        span.record("http.response.status_code", status.as_u16());
+        drop(span);
+        metrics::counter!(
+            axum_prometheus::utils::requests_total_name(),
+            "method" => "GET",
+            "status" => status.as_u16().to_string(),
+            "endpoint" => "/v1/stream"
+        )
+        .increment(1);
+        let events = match opened {
+            Ok(events) => events,
+            Err(error) => {
+                let _ = tcp.write_all(&error_response(&error, &cors)).await;
+                let _ = tcp.shutdown().await;
+                return None;
+            }
+        };
+        let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
+        for (name, value) in stream::response_headers(&self.state) {
+            response.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
+        }
+        for (name, value) in cors {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        response.push_str("\r\n");
+        tcp.write_all(response.as_bytes()).await.ok()?;
+        Some(events)
     }
 }
 
