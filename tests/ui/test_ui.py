@@ -16,7 +16,8 @@ import pytest
 import websocket
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("SSEPLANE_BIN", ROOT / "target" / "debug" / "sseplane"))
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BINARY = Path(os.environ.get("SSEPLANE_BIN", TARGET / "debug" / "sseplane"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 TIMEOUT = 20
 
