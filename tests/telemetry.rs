@@ -379,18 +379,20 @@ async fn metrics_say_what_happened_and_ignore_probes() {
     assert!(!text.contains("metered"), "no channel names as labels");
 }
 
+async fn log_filter(http: &reqwest::Client, replica: &Replica) -> serde_json::Value {
+    let response = http
+        .get(replica.admin_url("/v1/log-level"))
+        .send()
+        .await
+        .unwrap();
+    response.json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_level_changes_at_run_time() {
     let replica = Replica::start("l", None, &["--log-level", "warn"]).await;
     let http = reqwest::Client::new();
-    let current: serde_json::Value = http
-        .get(replica.admin_url("/v1/log-level"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current = log_filter(&http, &replica).await;
     assert_eq!(current["filter"], "warn");
     let changed = http
         .put(replica.admin_url("/v1/log-level"))
@@ -399,14 +401,7 @@ async fn the_log_level_changes_at_run_time() {
         .await
         .unwrap();
     assert_eq!(changed.status(), 200);
-    let current: serde_json::Value = http
-        .get(replica.admin_url("/v1/log-level"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current = log_filter(&http, &replica).await;
     assert!(current["filter"]
         .as_str()
         .unwrap()

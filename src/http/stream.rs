@@ -177,11 +177,7 @@ pub async fn open(
         ),
         None => None,
     };
-    let policies: Vec<_> = request
-        .channels
-        .iter()
-        .map(|c| state.policies.resolve(c))
-        .collect();
+    let policies = state.policies.resolve_all(&request.channels);
     let stream_policy = StreamPolicy::of(&policies);
 
     let backplane = state.hub.backplane().clone();
@@ -382,11 +378,7 @@ impl EventStream {
 
     /// Applies changed policies to this open stream: keepalive and queue.
     fn apply_policies(&mut self) {
-        let policies: Vec<_> = self
-            .channels
-            .iter()
-            .map(|c| self.policies.resolve(c))
-            .collect();
+        let policies = self.policies.resolve_all(&self.channels);
         let policy = StreamPolicy::of(&policies);
         if policy.keepalive != self.keepalive_every {
             self.keepalive_every = policy.keepalive;

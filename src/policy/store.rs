@@ -171,6 +171,11 @@ impl PolicyStore {
         policy
     }
 
+    /// The effective policy of each of `channels`, in order.
+    pub fn resolve_all(&self, channels: &[impl AsRef<str>]) -> Vec<Arc<EffectivePolicy>> {
+        channels.iter().map(|c| self.resolve(c.as_ref())).collect()
+    }
+
     /// Which policy `channel` gets, and why.
     pub fn explain(&self, channel: &str) -> Explanation {
         let all = self.inner.all.read().expect("store lock").clone();
