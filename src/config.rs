@@ -38,6 +38,8 @@ pub enum Command {
     Watch(crate::cli::watch::WatchArgs),
     /// Print the ChannelPolicy CRD (YAML), generated from the Rust types.
     Crd,
+    /// Mint a token (JWT) that lets its holder subscribe to and publish on channels.
+    Token(crate::cli::token::TokenArgs),
     /// Load-test an SSE server (sseplane or a peer) and report.
     Bench(crate::bench::BenchArgs),
 }
@@ -117,6 +119,45 @@ pub struct ServeArgs {
     /// The built-in page at `/` to watch delivery and publish test events (`on` or `off`).
     #[arg(long, env = "SSEPLANE_UI", value_enum, default_value = "on")]
     pub ui: Toggle,
+    /// HS256 shared secret for tokens (turns auth on).
+    #[arg(long, env = "SSEPLANE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RSA (RS256) or EC (ES256) public key for tokens,
+    /// reloaded when it changes (turns auth on).
+    #[arg(long, env = "SSEPLANE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// JWKS file (`{"keys":[…]}`) with the public keys for tokens, reloaded
+    /// when it changes (turns auth on).
+    #[arg(long, env = "SSEPLANE_JWKS")]
+    pub jwks: Option<std::path::PathBuf>,
+    /// Required `aud` claim of tokens.
+    #[arg(long, env = "SSEPLANE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim of tokens.
+    #[arg(long, env = "SSEPLANE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on a token's `exp` and `nbf`.
+    #[arg(long, env = "SSEPLANE_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+    /// Name of the cookie that carries a browser's token.
+    #[arg(long, env = "SSEPLANE_TOKEN_COOKIE", default_value = crate::auth::credentials::DEFAULT_COOKIE)]
+    pub token_cookie: String,
+    /// Token the admin API asks for (`Authorization: Bearer`) on diagnostics
+    /// and the log level; unset leaves them open (health, readiness and
+    /// metrics are always open).
+    #[arg(long, env = "SSEPLANE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Most open streams on this replica (503 beyond); 0 = no limit, default:
+    /// what the open-files limit allows, less a reserve.
+    #[arg(long, env = "SSEPLANE_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+    /// Most open streams from one client address (429 beyond); 0 = no limit.
+    /// Behind a proxy every client has the proxy's address: raise it or set 0.
+    #[arg(long, env = "SSEPLANE_MAX_STREAMS_PER_CLIENT", default_value_t = 1000)]
+    pub max_streams_per_client: usize,
+    /// Time allowed for a request body to arrive (408 beyond).
+    #[arg(long, env = "SSEPLANE_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "SSEPLANE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -152,7 +193,7 @@ impl ServeArgs {
 
     /// The policy for channels no `ChannelPolicy` matches.
     pub fn default_policy(&self) -> EffectivePolicy {
-        EffectivePolicy::defaults(
+        let mut policy = EffectivePolicy::defaults(
             self.keepalive,
             self.retry,
             Retention {
@@ -161,7 +202,39 @@ impl ServeArgs {
             },
             self.max_payload_bytes,
             self.queue_events as usize,
-        )
+        );
+        // With a key configured, publishing needs a token unless a policy
+        // says otherwise.
+        policy.auth.publish = self.auth_configured();
+        policy
+    }
+
+    /// True when a token key is configured: auth is on, and publishing needs
+    /// a token unless a policy says otherwise.
+    pub fn auth_configured(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some() || self.jwks.is_some()
+    }
+
+    /// The token verifier the flags describe (auth off when no key is set).
+    pub fn authenticator(&self) -> Result<crate::auth::Authenticator, String> {
+        use crate::auth::{KeyRing, KeySource, TokenRules};
+        let mut sources = Vec::new();
+        if let Some(secret) = &self.jwt_secret {
+            sources.push(KeySource::Secret(secret.as_bytes().to_vec()));
+        }
+        if let Some(path) = &self.jwt_public_key {
+            sources.push(KeySource::PemFile(path.clone()));
+        }
+        if let Some(path) = &self.jwks {
+            sources.push(KeySource::JwksFile(path.clone()));
+        }
+        let keys = KeyRing::load(sources)?;
+        let rules = TokenRules {
+            audience: self.jwt_audience.clone().filter(|a| !a.is_empty()),
+            issuer: self.jwt_issuer.clone().filter(|i| !i.is_empty()),
+            leeway: self.jwt_leeway,
+        };
+        Ok(crate::auth::Authenticator::new(keys, rules))
     }
 
     /// Whether to watch `ChannelPolicy` resources in a cluster.

@@ -15,6 +15,8 @@ pub const MAX_EVENT_TYPE_LEN: usize = 64;
 pub const RESERVED_EVENT_PREFIX: &str = "sseplane.";
 /// The event type of the notice sent when history no longer covers a resume position.
 pub const GAP_EVENT: &str = "sseplane.gap";
+/// The event type of the notice sent before a stream ends because its token expired.
+pub const TOKEN_EXPIRED_EVENT: &str = "sseplane.token_expired";
 
 /// A position in one channel's history: the same `<ms>-<seq>` shape as a Redis
 /// stream id, so ids mean the same on every replica and on both backplanes.

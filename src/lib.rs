@@ -15,12 +15,14 @@
 //! - [`config`], [`server`], [`shutdown`], [`telemetry`]: running the service;
 //! - [`client`], [`cli`]: an SSE client and the `publish`/`watch` commands.
 
+pub mod auth;
 pub mod backplane;
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod event;
+pub mod file_watch;
 pub mod http;
 pub mod hub;
 pub mod metrics;

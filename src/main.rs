@@ -26,6 +26,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Publish(args)) => sseplane::cli::publish::run(args).await,
         Some(Command::Watch(args)) => sseplane::cli::watch::run(args).await,
         Some(Command::Bench(args)) => sseplane::bench::run(args).await,
+        Some(Command::Token(args)) => sseplane::cli::token::run(args),
         Some(Command::Crd) => {
             print!("{}", sseplane::policy::crd::crd_yaml());
             Ok(())

@@ -21,6 +21,18 @@ pub fn backplane(args: &ServeArgs, replica_id: &str) -> anyhow::Result<Arc<dyn B
     })
 }
 
+/// The default cap on open streams: what the open-files limit leaves after a
+/// reserve for Redis, the admin API and files, so that a full replica answers
+/// 503 instead of failing to accept.
+fn default_max_streams() -> usize {
+    const RESERVE: u64 = 256;
+    let (soft, _) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
+    if soft == rlimit::INFINITY || soft == 0 {
+        return 0;
+    }
+    soft.saturating_sub(RESERVE).max(1) as usize
+}
+
 /// Starts the policy sources the flags ask for: files (read once now, so a
 /// bad file stops the start) and the cluster watcher (readiness waits for its
 /// first full list).
@@ -81,17 +93,39 @@ pub async fn run(
             "using the in-memory backplane: one instance only (set --redis-url for several)"
         ),
     }
-    tracing::warn!("no signing key configured: auth is off, anyone who reaches the public port may subscribe and publish");
+    let auth = args
+        .authenticator()
+        .map_err(|e| anyhow::anyhow!("cannot load the token keys: {e}"))?;
+    if auth.is_enabled() {
+        auth.keys()
+            .watch()
+            .map_err(|e| anyhow::anyhow!("cannot watch the token key files: {e}"))?;
+        tracing::info!(
+            audience = args.jwt_audience.as_deref().unwrap_or("(any)"),
+            issuer = args.jwt_issuer.as_deref().unwrap_or("(any)"),
+            "auth is on: publishing needs a token unless a policy says otherwise"
+        );
+    } else {
+        tracing::warn!("no signing key configured (--jwt-secret, --jwt-public-key, --jwks): auth is off, publishing is open to anyone who reaches the public port, and policies that ask for tokens are not enforced");
+    }
     let policies = PolicyStore::new(args.default_policy());
     start_policy_sources(&args, &policies, &replica_id).await?;
     let hub = Hub::new(backplane, replica_id);
     hub.start();
+    let max_streams = args.max_streams.unwrap_or_else(default_max_streams);
     let state = AppState {
-        hub,
-        policies,
         max_channels_per_stream: args.max_channels_per_stream,
-        shutdown: shutdown.clone(),
         log_level,
+        auth,
+        token_cookie: Arc::from(args.token_cookie.as_str()),
+        admin_token: args
+            .admin_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+        streams: crate::http::limits::StreamGate::new(max_streams, args.max_streams_per_client),
+        body_timeout: args.body_timeout,
+        ..AppState::new(hub, policies, shutdown.clone())
     };
     tracing::info!(
         public = %public.local_addr()?,

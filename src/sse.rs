@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::event::{BadPosition, Position};
+use crate::event::{BadPosition, Position, TOKEN_EXPIRED_EVENT};
 
 /// The `retry:` directive that opens every stream.
 pub fn retry_line(retry: Duration) -> Bytes {
@@ -47,6 +47,14 @@ impl From<BadPosition> for BadLastEventId {
     fn from(_: BadPosition) -> Self {
         BadLastEventId::Malformed
     }
+}
+
+/// The notice that ends a stream whose token expired: the client gets a
+/// fresh token and reconnects (resuming from its last id).
+pub fn token_expired_frame() -> Bytes {
+    Bytes::from(format!(
+        "event: {TOKEN_EXPIRED_EVENT}\ndata: {{\"reason\":\"the token has expired; reconnect with a fresh one\"}}\n\n"
+    ))
 }
 
 /// The id layout of one stream: its sorted channels and their set hash.

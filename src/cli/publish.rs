@@ -17,6 +17,9 @@ pub struct PublishArgs {
     /// The data, as JSON.
     #[arg(long)]
     pub data: String,
+    /// Token (sent as `Authorization: Bearer`).
+    #[arg(long, env = "SSEPLANE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Publishes and prints `<channel> <id>` per channel.
@@ -33,7 +36,11 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         body["event"] = event.into();
     }
     let url = format!("{}/v1/publish", args.url.trim_end_matches('/'));
-    let response = reqwest::Client::new().post(&url).json(&body).send().await?;
+    let mut request = reqwest::Client::new().post(&url).json(&body);
+    if let Some(token) = &args.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
     let status = response.status();
     let answer: serde_json::Value = response.json().await?;
     if !status.is_success() {

@@ -16,13 +16,19 @@ pub struct WatchArgs {
     /// Resume after this id.
     #[arg(long)]
     pub last_event_id: Option<String>,
+    /// Token for channels that need one (sent as `access_token`).
+    #[arg(long, env = "SSEPLANE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Prints `[replica] id=… event=… data=…` per event until interrupted.
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(args.channels.iter().map(|c| ("channel", c)))
-        .finish();
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.extend_pairs(args.channels.iter().map(|c| ("channel", c)));
+    if let Some(token) = &args.token {
+        query.append_pair(crate::auth::credentials::QUERY_PARAMETER, token);
+    }
+    let query = query.finish();
     let url = format!("{}/v1/stream?{query}", args.url.trim_end_matches('/'));
     let mut events = follow(vec![url], args.last_event_id);
     let mut replica = String::from("?");

@@ -12,6 +12,37 @@ use super::error::ApiError;
 use super::AppState;
 use crate::backplane::Check;
 
+/// Lets a request through when no admin token is configured or when it
+/// carries `Authorization: Bearer <admin token>` (compared in constant time);
+/// 401 otherwise.
+pub async fn require_admin_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use subtle::ConstantTimeEq;
+    let Some(expected) = &state.admin_token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let error = match given {
+        Some(given) if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
+            return next.run(request).await
+        }
+        Some(_) => crate::auth::AuthError::Invalid("not the admin token".to_owned()),
+        None => crate::auth::AuthError::Missing("use the admin API".to_owned()),
+    };
+    ApiError::from(error).into_response()
+}
+
 /// `GET /metrics`: Prometheus text. Probes and scrapes are not counted in the
 /// HTTP metrics (those cover the public API only).
 pub async fn metrics(State(state): State<AppState>) -> Response {

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (503, 429).
     pub retry_after: Option<u64>,
+    /// `WWW-Authenticate` challenge (401, 403).
+    pub www_authenticate: Option<String>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            www_authenticate: None,
         }
     }
 
@@ -65,14 +68,72 @@ impl From<crate::backplane::BackplaneError> for ApiError {
     }
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        // RFC 6750: no error code when no token was sent.
+        let (status, code, error) = match &e {
+            AuthError::Missing(_) => (StatusCode::UNAUTHORIZED, "token_required", None),
+            AuthError::Invalid(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                Some("invalid_token"),
+            ),
+            AuthError::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                Some("insufficient_scope"),
+            ),
+        };
+        let message = e.to_string();
+        let challenge = match error {
+            None => r#"Bearer realm="sseplane""#.to_owned(),
+            Some(error) => format!(
+                r#"Bearer realm="sseplane", error="{error}", error_description="{}""#,
+                header_safe(&message)
+            ),
+        };
+        ApiError {
+            www_authenticate: Some(challenge),
+            ..ApiError::new(status, code, message)
+        }
+    }
+}
+
+/// `text` as a quoted-string's content: printable ASCII without quotes or
+/// backslashes (the message may quote a token's claims).
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            c if c == ' ' || c.is_ascii_graphic() => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+impl ApiError {
+    /// The headers this error adds to a response besides the content type.
+    pub fn headers(&self) -> Vec<(header::HeaderName, String)> {
+        let mut headers = Vec::new();
+        if let Some(seconds) = self.retry_after {
+            headers.push((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let Some(challenge) = &self.www_authenticate {
+            headers.push((header::WWW_AUTHENTICATE, challenge.clone()));
+        }
+        headers
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        for (name, value) in self.headers() {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
         }
         response
     }

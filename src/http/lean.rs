@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::error::ApiError;
+use super::limits::ClientAddr;
 use super::stream;
 use super::AppState;
 use crate::shutdown::Shutdown;
@@ -95,7 +96,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = shutdown.clone().wait() => break,
         };
-        let (tcp, _) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving,
@@ -110,6 +111,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let connection = Connection {
+            client: peer.ip(),
             router: router.clone(),
             state: state.clone(),
             cors: cors.clone(),
@@ -124,6 +126,7 @@ pub async fn serve(
 }
 
 struct Connection {
+    client: std::net::IpAddr,
     router: Router,
     state: AppState,
     cors: StreamCors,
@@ -137,13 +140,26 @@ struct Head {
     headers: HeaderMap,
 }
 
-fn parse_head(bytes: &[u8]) -> Option<Result<Head, ()>> {
+/// Why a request head was not taken.
+#[derive(Debug, PartialEq, Eq)]
+enum BadHead {
+    /// Over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] headers: answered 431 here.
+    TooLarge,
+    /// Not HTTP/1 as httparse reads it: left to hyper.
+    Other,
+}
+
+fn parse_head(bytes: &[u8]) -> Option<Result<Head, BadHead>> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
     match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
+            return Some(Err(BadHead::TooLarge))
+        }
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return None,
-        Err(_) => return Some(Err(())),
+        Err(httparse::Error::TooManyHeaders) => return Some(Err(BadHead::TooLarge)),
+        Err(_) => return Some(Err(BadHead::Other)),
     }
     let target = request.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
@@ -182,7 +198,7 @@ impl Connection {
                 }
                 match parse_head(&read) {
                     Some(parsed) => return Some(parsed),
-                    None if read.len() > MAX_HEAD => return Some(Err(())),
+                    None if read.len() > MAX_HEAD => return Some(Err(BadHead::TooLarge)),
                     None => continue,
                 }
             }
@@ -198,6 +214,15 @@ impl Connection {
                 drop(read);
                 Box::pin(self.stream(tcp, head)).await;
             }
+            Err(BadHead::TooLarge) => {
+                let error = ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    format!("the request head is over {MAX_HEAD} bytes or {MAX_HEADERS} headers"),
+                );
+                let _ = tcp.write_all(&error_response(&error, &[])).await;
+                let _ = tcp.shutdown().await;
+            }
             // Everything else (and heads httparse refuses) is hyper's.
             _ => {
                 let io = TokioIo::new(Prefixed {
@@ -205,10 +230,12 @@ impl Connection {
                     offset: 0,
                     inner: tcp,
                 });
-                let service = TowerToHyperService::new(self.router);
+                let router = self.router.layer(axum::Extension(ClientAddr(self.client)));
+                let service = TowerToHyperService::new(router);
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEAD_TIMEOUT)
+                    .max_buf_size(MAX_HEAD + 8192)
                     .serve_connection(io, service);
                 let _ = Box::pin(watcher.watch(connection)).await;
             }
@@ -257,9 +284,14 @@ impl Connection {
             .map(str::to_owned);
         let cors = self.cors.headers(origin.as_deref());
         let span = crate::telemetry::request_span("GET", "/v1/stream", &head.headers);
-        let opened = stream::open(&self.state, head.query.as_deref(), &head.headers)
-            .instrument(span.clone())
-            .await;
+        let opened = stream::open(
+            &self.state,
+            head.query.as_deref(),
+            &head.headers,
+            Some(self.client),
+        )
+        .instrument(span.clone())
+        .await;
         drop(head);
         let status = match &opened {
             Ok(_) => StatusCode::OK,
@@ -305,8 +337,8 @@ fn error_response(error: &ApiError, cors: &[(&'static str, String)]) -> Vec<u8> 
         error.status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    if let Some(seconds) = error.retry_after {
-        head.push_str(&format!("retry-after: {seconds}\r\n"));
+    for (name, value) in error.headers() {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     for (name, value) in cors {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -389,7 +421,16 @@ mod tests {
         assert_eq!(head.path, "/v1/stream");
         assert_eq!(head.query.as_deref(), Some("channel=a"));
         assert_eq!(head.headers["last-event-id"], "1-0");
-        assert!(parse_head(b"\x00\x01 garbage\r\n\r\n").unwrap().is_err());
+        assert_eq!(
+            parse_head(b"\x00\x01 garbage\r\n\r\n").unwrap().err(),
+            Some(BadHead::Other)
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            parse_head(head.as_bytes()).unwrap().err(),
+            Some(BadHead::TooLarge)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod error;
 pub mod lean;
+pub mod limits;
 pub mod publish;
 pub mod stream;
 
@@ -38,6 +39,50 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// The runtime log filter (absent when another subscriber was installed first).
     pub log_level: Option<crate::telemetry::LogLevel>,
+    /// Token verification (off when no key is configured).
+    pub auth: crate::auth::Authenticator,
+    /// Name of the cookie that carries a browser's token.
+    pub token_cookie: Arc<str>,
+    /// Token the admin API asks for on diagnostics and the log level.
+    pub admin_token: Option<Arc<str>>,
+    /// Caps on open streams.
+    pub streams: limits::StreamGate,
+    /// Time allowed for a request body to arrive.
+    pub body_timeout: std::time::Duration,
+}
+
+impl AppState {
+    /// A state over `hub` and `policies` with every other setting at its
+    /// default (auth off, no stream caps).
+    pub fn new(hub: Arc<Hub>, policies: PolicyStore, shutdown: Shutdown) -> AppState {
+        AppState {
+            hub,
+            policies,
+            max_channels_per_stream: 100,
+            shutdown,
+            log_level: None,
+            auth: crate::auth::Authenticator::default(),
+            token_cookie: Arc::from(crate::auth::credentials::DEFAULT_COOKIE),
+            admin_token: None,
+            streams: limits::StreamGate::default(),
+            body_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+
+    /// The token a request carries (header, cookie, then query).
+    pub fn credentials(
+        &self,
+        headers: &axum::http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<String>, error::ApiError> {
+        match crate::auth::credentials(headers, query, &self.token_cookie) {
+            crate::auth::Credentials::None => Ok(None),
+            crate::auth::Credentials::Token(token) => Ok(Some(token)),
+            crate::auth::Credentials::Malformed(why) => {
+                Err(crate::auth::AuthError::Invalid(why.to_owned()).into())
+            }
+        }
+    }
 }
 
 /// The public API on `--listen`.
@@ -83,15 +128,23 @@ async fn trace_request(request: Request, next: Next) -> Response {
 
 /// The admin API on `--admin-listen`.
 pub fn admin_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(admin::healthz))
-        .route("/readyz", get(admin::readyz))
+    // Diagnostics and the log level need the admin token when one is set;
+    // probes and scrapes never do.
+    let guarded = Router::new()
         .route("/v1/diagnostics", get(admin::diagnostics))
-        .route("/metrics", get(admin::metrics))
         .route(
             "/v1/log-level",
             get(admin::get_log_level).put(admin::set_log_level),
         )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin_token,
+        ));
+    Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .merge(guarded)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -1,7 +1,7 @@
 //! `POST /v1/publish` and `POST /v1/broadcast`.
 
 use axum::body::{to_bytes, Body};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::auth::Action;
 use crate::backplane::PublishItem;
 use crate::event::{compact_json, now_ms, validate_channel, validate_event_type, EventBody};
 use crate::policy::EffectivePolicy;
@@ -70,7 +71,12 @@ pub struct PublishResponse {
 }
 
 /// Checks the content type and reads at most `limit` bytes of body.
-async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -104,7 +110,19 @@ async fn read_json_body(headers: &HeaderMap, body: Body, limit: usize) -> Result
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(state.body_timeout, to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {}",
+                    humantime::format_duration(state.body_timeout)
+                ),
+            )
+        })?;
+    read.map_err(|e| {
         let over = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if over {
@@ -175,9 +193,11 @@ fn trace_parent(headers: &HeaderMap) -> String {
 pub async fn publish(
     State(state): State<AppState>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<PublishResponse>, ApiError> {
-    let bytes = read_json_body(&headers, body, state.policies.max_payload_bytes()).await?;
+    let token = state.credentials(&headers, query.as_deref())?;
+    let bytes = read_json_body(&state, &headers, body, state.policies.max_payload_bytes()).await?;
     let request: PublishRequest = parse_json(&bytes)?;
     let channels = match (request.channel, request.channels) {
         (Some(channel), None) => vec![channel],
@@ -214,6 +234,15 @@ pub async fn publish(
     }
     let body = event_body(request.event, request.data, &headers)?;
     let policies: Vec<_> = channels.iter().map(|c| state.policies.resolve(c)).collect();
+    let needing: Vec<&str> = channels
+        .iter()
+        .zip(&policies)
+        .filter(|(_, policy)| policy.auth.publish)
+        .map(|(channel, _)| channel.as_str())
+        .collect();
+    state
+        .auth
+        .authorize(token.as_deref(), Action::Publish, &needing)?;
     for (channel, policy) in channels.iter().zip(&policies) {
         enforce(channel, policy, bytes.len(), &body)?;
     }
@@ -346,9 +375,12 @@ fn enforce(
 pub async fn broadcast(
     State(state): State<AppState>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let bytes = read_json_body(&headers, body, state.policies.max_payload_bytes()).await?;
+    let token = state.credentials(&headers, query.as_deref())?;
+    state.auth.authorize_broadcast(token.as_deref())?;
+    let bytes = read_json_body(&state, &headers, body, state.policies.max_payload_bytes()).await?;
     let request: BroadcastRequest = parse_json(&bytes)?;
     let body = event_body(request.event, request.data, &headers)?;
     let replicas = state.hub.backplane().broadcast(&body).await?;

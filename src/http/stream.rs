@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,11 +20,13 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{ReusableBoxFuture, WaitForCancellationFutureOwned};
 
 use super::error::ApiError;
+use super::limits::{ClientAddr, StreamPermit};
 use super::{AppState, REPLICA_HEADER};
+use crate::auth::Action;
 use crate::event::{validate_channel, Frame, Position};
 use crate::hub::{Delivery, StreamLimits, Subscription, NO_CHANNEL};
 use crate::policy::{EffectivePolicy, PolicyStore, SlowConsumerAction};
-use crate::sse::{gap_frame, retry_line, StreamIds, KEEPALIVE};
+use crate::sse::{gap_frame, retry_line, token_expired_frame, StreamIds, KEEPALIVE};
 
 /// How long a new stream waits for its channels to go live on the backplane.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,10 +126,12 @@ impl StreamPolicy {
 /// `GET /v1/stream?channel=A[&channel=B…][&lastEventId=…]`.
 pub async fn stream(
     State(state): State<AppState>,
+    client: Option<axum::Extension<ClientAddr>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let events = open(&state, query.as_deref(), &headers).await?;
+    let client = client.map(|axum::Extension(ClientAddr(ip))| ip);
+    let events = open(&state, query.as_deref(), &headers, client).await?;
     let mut response = Response::new(Body::from_stream(events));
     *response.status_mut() = StatusCode::OK;
     for (name, value) in response_headers(&state) {
@@ -161,6 +166,7 @@ pub async fn open(
     state: &AppState,
     query: Option<&str>,
     headers: &HeaderMap,
+    client: Option<IpAddr>,
 ) -> Result<EventStream, ApiError> {
     if state.shutdown.is_triggered() {
         return Err(ApiError::unavailable(
@@ -179,6 +185,19 @@ pub async fn open(
     };
     let policies = state.policies.resolve_all(&request.channels);
     let stream_policy = StreamPolicy::of(&policies);
+    // Every channel whose policy asks for a token must be covered by it.
+    let needing: Vec<&str> = request
+        .channels
+        .iter()
+        .zip(&policies)
+        .filter(|(_, policy)| policy.auth.subscribe)
+        .map(|(channel, _)| &**channel)
+        .collect();
+    let token = state.credentials(headers, query)?;
+    let grants = state
+        .auth
+        .authorize(token.as_deref(), Action::Subscribe, &needing)?;
+    let permit = state.streams.admit(client)?;
 
     let backplane = state.hub.backplane().clone();
     let health = backplane.health();
@@ -271,7 +290,13 @@ pub async fn open(
     }
 
     let changes = state.policies.changes();
+    let expiry = grants
+        .and_then(|g| g.time_left())
+        .map(|left| Box::pin(tokio::time::sleep(left)));
     let events = EventStream {
+        expiry,
+        closing: false,
+        _permit: permit,
         pending: initial,
         taken: VecDeque::new(),
         lossy: Vec::new(),
@@ -354,6 +379,11 @@ async fn next_change(mut changes: watch::Receiver<u64>) -> watch::Receiver<u64> 
 /// the hub cut it off as too slow, or when the client goes away (hyper drops it;
 /// dropping the subscription unregisters it from the hub).
 pub struct EventStream {
+    /// Fires when the token the stream was opened with expires.
+    expiry: Option<Pin<Box<Sleep>>>,
+    /// The stream ends once `pending` is written.
+    closing: bool,
+    _permit: StreamPermit,
     pending: VecDeque<Bytes>,
     taken: VecDeque<Delivery>,
     lossy: Vec<u16>,
@@ -402,10 +432,22 @@ impl Stream for EventStream {
             // Poll the new future once so that it registers for the next change.
             let _ = this.policy_changed.poll(cx);
         }
+        if let Some(expiry) = &mut this.expiry {
+            if expiry.as_mut().poll(cx).is_ready() {
+                // The client is told why, then reconnects with a fresh token
+                // and resumes from its last id.
+                this.expiry = None;
+                this.closing = true;
+                this.pending.push_back(token_expired_frame());
+            }
+        }
         loop {
             if !this.pending.is_empty() {
                 let chunk = coalesce(&mut this.pending);
                 return this.sent(chunk);
+            }
+            if this.closing {
+                return Poll::Ready(None);
             }
             if this.shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);

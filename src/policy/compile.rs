@@ -203,7 +203,8 @@ pub fn compile(
         effective.slow_consumer = slow.action;
     }
     if let Some(auth) = &spec.auth {
-        effective.auth = auth.clone();
+        effective.auth.subscribe = auth.subscribe.unwrap_or(default.auth.subscribe);
+        effective.auth.publish = auth.publish.unwrap_or(default.auth.publish);
     }
     Ok(CompiledPolicy {
         key: document.key.clone(),

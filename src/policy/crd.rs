@@ -138,16 +138,17 @@ pub struct SlowConsumerSpec {
     pub action: SlowConsumerAction,
 }
 
-/// Whether tokens are required.
+/// Whether tokens are required; a field left out keeps the default policy's
+/// choice (with a key configured, publishing needs a token).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
     /// Subscribing needs a token that covers the channel.
-    #[serde(default)]
-    pub subscribe: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<bool>,
     /// Publishing needs a token that covers the channel.
-    #[serde(default)]
-    pub publish: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<bool>,
 }
 
 /// What sseplane found when it read the policy.

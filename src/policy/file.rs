@@ -3,17 +3,10 @@
 //! change. A file that cannot be read or parsed leaves the policies as they were.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
 
 use super::compile::PolicyDocument;
 use super::crd::ChannelPolicy;
 use super::SourceHandle;
-
-/// Changes closer together than this are read once.
-const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// The policy files under `path`: the file itself, or a directory's `*.yaml`,
 /// `*.yml` and `*.json` files in name order.
@@ -79,38 +72,14 @@ pub fn read_policies(path: &Path) -> Result<Vec<PolicyDocument>, String> {
 /// run with half the policies).
 pub fn watch(path: PathBuf, source: SourceHandle) -> Result<(), String> {
     source.replace(read_policies(&path)?);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
+    let watched = path.clone();
+    crate::file_watch::watch(&watched, move || match read_policies(&path) {
+        Ok(documents) => {
+            source.replace(documents);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "policy files not reloaded; keeping the previous policies");
+            source.report_error(e);
         }
     })
-    .map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
-    // Watch the directory (or the file's directory): editors and Kubernetes
-    // ConfigMaps replace files rather than write them in place.
-    let watched = if path.is_dir() {
-        path.clone()
-    } else {
-        path.parent().unwrap_or(Path::new(".")).to_owned()
-    };
-    watcher
-        .watch(&watched, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", watched.display()))?;
-    tokio::spawn(async move {
-        let _watcher = watcher;
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
-            match read_policies(&path) {
-                Ok(documents) => {
-                    source.replace(documents);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "policy files not reloaded; keeping the previous policies");
-                    source.report_error(e);
-                }
-            }
-        }
-    });
-    Ok(())
 }

@@ -15,6 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crd::{AuthSpec, SlowConsumerAction};
+
+/// Which actions on a channel need a token (when auth is on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuthRequirement {
+    /// Opening a stream needs a token covering the channel.
+    pub subscribe: bool,
+    /// Publishing needs a token covering the channel.
+    pub publish: bool,
+}
+
 pub use store::{PolicyStore, SourceHandle};
 
 /// How much of a channel's past is kept for replay.
@@ -107,8 +117,8 @@ pub struct EffectivePolicy {
     pub schema: Option<DataSchema>,
     /// Publish rate limit.
     pub rate_limit: Option<RateLimit>,
-    /// Whether tokens are needed (enforced once auth lands).
-    pub auth: AuthSpec,
+    /// Which actions need a token.
+    pub auth: AuthRequirement,
 }
 
 impl EffectivePolicy {
@@ -132,7 +142,7 @@ impl EffectivePolicy {
             allowed_event_types: None,
             schema: None,
             rate_limit: None,
-            auth: AuthSpec::default(),
+            auth: AuthRequirement::default(),
         }
     }
 }

@@ -116,6 +116,8 @@ pub struct Replica {
     child: Option<Child>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// File that receives the process's stderr (inherited when `None`).
+    log: Option<std::path::PathBuf>,
 }
 
 impl Replica {
@@ -131,6 +133,17 @@ impl Replica {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Replica {
+        Replica::start_logged(id, redis, extra, env, None).await
+    }
+
+    /// Like [`Replica::start_with_env`], writing the process's log to `log`.
+    pub async fn start_logged(
+        id: &str,
+        redis: Option<&Redis>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> Replica {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if let Some(redis) = redis {
             args.extend(["--redis-url".to_owned(), redis.url()]);
@@ -145,6 +158,7 @@ impl Replica {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            log: log.map(ToOwned::to_owned),
         };
         replica.spawn();
         replica.wait_ready().await;
@@ -152,6 +166,10 @@ impl Replica {
     }
 
     fn spawn(&mut self) {
+        let stderr = match &self.log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create the log file")),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_sseplane"))
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{}", self.public)])
@@ -161,7 +179,7 @@ impl Replica {
             .env("SSEPLANE_LOG_LEVEL", "warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start sseplane");
         self.child = Some(child);
