@@ -705,6 +705,23 @@ async fn every_contract_error_has_its_status_and_json_body(kind: Kind) {
             "invalid_request",
         ),
         (
+            // serde would read the fields in order: event null, data null.
+            "an array that reads as a broadcast",
+            post("/v1/broadcast", "application/json", "[null, null]".into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "an array that reads as a publish",
+            post(
+                "/v1/publish",
+                "application/json",
+                r#"["a", null, null, 1]"#.into(),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
             "unknown path",
             http.get(r.url("/v2/nothing")),
             404,

@@ -329,8 +329,7 @@ impl Connection {
 
 /// A JSON error response, closing the connection.
 fn error_response(error: &ApiError, cors: &[(&'static str, String)]) -> Vec<u8> {
-    let body = serde_json::json!({ "error": { "code": error.code, "message": error.message } })
-        .to_string();
+    let body = serde_json::to_string(&error.body()).unwrap_or_default();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
         error.status.as_u16(),

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod error;
 pub mod lean;
 pub mod limits;
+pub mod openapi;
 pub mod publish;
 pub mod stream;
 
@@ -97,6 +98,7 @@ pub fn public_router(state: AppState, cors_origins: &str, ui: bool) -> Router {
         .route("/v1/stream", get(stream::stream))
         .route("/v1/publish", post(publish::publish))
         .route("/v1/broadcast", post(publish::broadcast))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .route_layer(middleware::from_fn(trace_request))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

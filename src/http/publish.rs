@@ -5,6 +5,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -19,35 +20,67 @@ use crate::policy::EffectivePolicy;
 /// Most channels in one publish.
 pub const MAX_CHANNELS_PER_PUBLISH: usize = 100;
 
-/// Body of `POST /v1/publish`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /v1/publish`: exactly one of `channel` and `channels`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend(
+    "required" = ["data"],
+    "oneOf" = [
+        {"properties": {"channel": {"type": "string"}}, "required": ["channel"]},
+        {"properties": {"channels": {"type": "array"}}, "required": ["channels"]},
+    ],
+))]
 pub struct PublishRequest<'a> {
     /// One channel.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 200), pattern(CHANNEL_PATTERN))]
     pub channel: Option<String>,
-    /// Several channels.
+    /// Several channels (all or none are published).
     #[serde(default)]
+    #[schemars(
+        length(min = 1, max = 100),
+        inner(length(min = 1, max = 200), pattern(CHANNEL_PATTERN))
+    )]
+    #[schemars(extend("uniqueItems" = true))]
     pub channels: Option<Vec<String>>,
-    /// The SSE event type.
+    /// The SSE event type (browsers fire `onmessage` without one).
     #[serde(default)]
+    #[schemars(length(min = 1, max = 64), pattern(EVENT_TYPE_PATTERN))]
+    #[schemars(extend("not" = {"type": "string", "pattern": "^sseplane\\."}))]
     pub event: Option<String>,
-    /// The data; `null` is a value, a missing `data` is an error.
+    /// The data: any JSON value (`null` included).
     #[serde(default, borrow, deserialize_with = "present")]
+    #[schemars(with = "serde_json::Value")]
     pub data: Option<&'a RawValue>,
 }
 
 /// Body of `POST /v1/broadcast`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("required" = ["data"]))]
 pub struct BroadcastRequest<'a> {
     /// The SSE event type.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 64), pattern(EVENT_TYPE_PATTERN))]
+    #[schemars(extend("not" = {"type": "string", "pattern": "^sseplane\\."}))]
     pub event: Option<String>,
-    /// The data; required.
+    /// The data: any JSON value.
     #[serde(default, borrow, deserialize_with = "present")]
+    #[schemars(with = "serde_json::Value")]
     pub data: Option<&'a RawValue>,
 }
+
+/// Answer of `POST /v1/broadcast`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct BroadcastResponse {
+    /// Replicas that received it.
+    pub replicas: u64,
+}
+
+/// What channel names look like (`validate_channel`).
+pub const CHANNEL_PATTERN: &str = "^[A-Za-z0-9_.:@/-]+$";
+/// What event types look like (`validate_event_type`; `sseplane.` is reserved).
+pub const EVENT_TYPE_PATTERN: &str = "^[A-Za-z0-9_.:-]+$";
 
 /// Wraps a present value (even JSON `null`) in `Some`; absence stays `None`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -55,7 +88,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 /// One channel's result.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct PublishResult {
     /// The channel.
     pub channel: String,
@@ -64,7 +97,7 @@ pub struct PublishResult {
 }
 
 /// Answer of `POST /v1/publish`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct PublishResponse {
     /// One result per channel, in request order.
     pub results: Vec<PublishResult>,
@@ -142,11 +175,11 @@ fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
         };
         ApiError::bad_request(code, e.to_string())
     });
-    // Valid JSON that is not an object (serde would read an array as a
-    // sequence of fields): say what is expected.
+    // Valid JSON that is not an object is refused even when serde could read
+    // it (serde reads an array as the fields in order: `[null, 1]` is not a
+    // broadcast).
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if result.is_err()
-        && first.is_some_and(|b| *b != b'{')
+    if first.is_some_and(|b| *b != b'{')
         && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
     {
         return Err(ApiError::bad_request(
@@ -377,12 +410,14 @@ pub async fn broadcast(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<BroadcastResponse>, ApiError> {
     let token = state.credentials(&headers, query.as_deref())?;
     state.auth.authorize_broadcast(token.as_deref())?;
     let bytes = read_json_body(&state, &headers, body, state.policies.max_payload_bytes()).await?;
     let request: BroadcastRequest = parse_json(&bytes)?;
     let body = event_body(request.event, request.data, &headers)?;
     let replicas = state.hub.backplane().broadcast(&body).await?;
-    Ok(Json(serde_json::json!({ "replicas": replicas })))
+    Ok(Json(BroadcastResponse {
+        replicas: replicas as u64,
+    }))
 }
