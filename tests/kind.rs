@@ -59,6 +59,28 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A token that may publish anywhere, signed with the secret the chart generated.
+fn publisher_token() -> String {
+    use base64::Engine;
+    let encoded = kubectl(&[
+        "get",
+        "secret",
+        &format!("{RELEASE}-auth"),
+        "-o",
+        "jsonpath={.data.jwt-secret}",
+    ]);
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .expect("the generated secret is base64");
+    let claims = json!({"sseplane": {"publish": ["*"], "subscribe": ["*"]}});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&secret),
+    )
+    .unwrap()
+}
+
 fn kubectl(args: &[&str]) -> String {
     let mut all = vec!["-n", NAMESPACE];
     all.extend_from_slice(args);
@@ -235,6 +257,9 @@ async fn kind_install_scale_fail_and_trace() {
         ],
     );
     kubectl(&["apply", "-f", &format!("{root}/manifests/examples")]);
+    // The chart turned auth on with a generated secret: publish with a token
+    // minted from it, as a backend would.
+    let token = publisher_token();
 
     // Scale 1 → 3: subscribers held by each pod get events published through any other.
     scale(RELEASE, 3);
@@ -251,9 +276,10 @@ async fn kind_install_scale_fail_and_trace() {
         );
     }
     for (i, forward) in forwards.iter().enumerate() {
-        let (status, body) = post_json(
+        let (status, body) = post_json_with(
             &forward.url(0, "/v1/publish"),
             &json!({"channel": "kind:demo", "data": {"n": i}}),
+            Some(&token),
         )
         .await;
         assert_eq!(status, 200, "{body}");
@@ -279,10 +305,11 @@ async fn kind_install_scale_fail_and_trace() {
     let publisher = {
         let url = forwards[1].url(0, "/v1/publish");
         let published = published.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             for n in 0..200u64 {
-                let (status, body) =
-                    post_json(&url, &json!({"channel": "kind:load", "data": {"n": n}})).await;
+                let body = json!({"channel": "kind:load", "data": {"n": n}});
+                let (status, body) = post_json_with(&url, &body, Some(&token)).await;
                 assert_eq!(status, 200, "{body}");
                 published.store(n + 1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -344,7 +371,9 @@ async fn kind_install_scale_fail_and_trace() {
     std::fs::write(&file, policy.to_string()).unwrap();
     let body = json!({"channel": "kind:small:1", "data": "x".repeat(300)});
     assert_eq!(
-        post_json(&forwards[0].url(0, "/v1/publish"), &body).await.0,
+        post_json_with(&forwards[0].url(0, "/v1/publish"), &body, Some(&token))
+            .await
+            .0,
         200
     );
     kubectl(&["apply", "-f", file.to_str().unwrap()]);
@@ -353,7 +382,9 @@ async fn kind_install_scale_fail_and_trace() {
             "the policy on every pod",
             Duration::from_secs(60),
             || async {
-                (post_json(&forward.url(0, "/v1/publish"), &body).await.0 == 413).then_some(())
+                let url = forward.url(0, "/v1/publish");
+                let (status, _) = post_json_with(&url, &body, Some(&token)).await;
+                (status == 413).then_some(())
             },
         )
         .await;
@@ -380,6 +411,7 @@ async fn kind_install_scale_fail_and_trace() {
     let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
     let response = reqwest::Client::new()
         .post(forwards[0].url(0, "/v1/publish"))
+        .bearer_auth(&token)
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .json(&json!({"channel": "kind:traced", "data": 1}))
         .send()

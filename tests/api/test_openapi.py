@@ -105,6 +105,7 @@ def schemathesis(url: str, *extra: str) -> subprocess.CompletedProcess:
             "--max-examples", EXAMPLES,
             "--workers", "2",
             "--seed", "1",
+            "--request-timeout", "30",
             "--no-color",
             *extra,
         ],

@@ -11,6 +11,7 @@ unknown fields); ChannelPolicy objects against the CRD's own openAPIV3Schema.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import importlib.util
@@ -81,6 +82,20 @@ VALUE_SETS: dict[str, dict] = {
     "all-examples-as-list": {
         "policies": [{"name": d["metadata"]["name"], "spec": d["spec"]} for d in example_policies()]
     },
+    # Token auth and connection limits.
+    "auth-generated-offline": {"auth": {"generateOffline": True, "adminToken": {"generate": True}}},
+    "auth-existing-secret": {
+        "auth": {"existingSecret": "sseplane-jwt", "secretKeys": {"jwtSecret": "hs256"},
+                 "audience": "events", "issuer": "https://auth.example.com", "leeway": "30s",
+                 "cookieName": "events_token"}
+    },
+    "auth-public-keys": {
+        "auth": {"publicKey": {"existingSecret": "sseplane-pem", "key": "rsa.pub"},
+                 "jwks": {"existingConfigMap": "sseplane-jwks"}}
+    },
+    "auth-off": {"auth": {"enabled": False}},
+    "admin-token-secret": {"auth": {"adminToken": {"existingSecret": "sseplane-admin", "key": "token"}}},
+    "limits": {"limits": {"maxStreams": 20000, "maxStreamsPerClient": 50, "bodyTimeout": "30s"}},
     "everything-on": {
         "jaeger": {"enabled": True},
         "rbac": {"clusterScoped": True},
@@ -430,6 +445,225 @@ def test_replicas_spread_over_nodes():
 
 
 # --------------------------------------------------------------------------
+# Token auth (auth.*) and connection limits (limits.*)
+
+AUTH_ENV = ("SSEPLANE_JWT_SECRET", "SSEPLANE_JWT_PUBLIC_KEY", "SSEPLANE_JWKS", "SSEPLANE_JWT_AUDIENCE",
+            "SSEPLANE_JWT_ISSUER", "SSEPLANE_JWT_LEEWAY", "SSEPLANE_TOKEN_COOKIE")
+AUTH_SECRET = f"{RELEASE}-auth"
+KEYS_DIR = "/etc/sseplane/keys"
+
+
+def secret_ref(env: dict, var: str) -> tuple[str, str]:
+    ref = env[var]["valueFrom"]["secretKeyRef"]
+    assert set(ref) == {"name", "key"}, ref  # not optional: a missing key keeps the pod from starting
+    return ref["name"], ref["key"]
+
+
+def pod_spec(objs: list[dict]) -> dict:
+    return one(objs, "Deployment", RELEASE)["spec"]["template"]["spec"]
+
+
+def test_auth_is_on_by_default_with_the_chart_managed_secret():
+    objs = render("default")
+    env = env_of(sseplane_container(objs))
+    assert secret_ref(env, "SSEPLANE_JWT_SECRET") == (AUTH_SECRET, "jwt-secret")
+    assert env["SSEPLANE_JWT_LEEWAY"]["value"] == "5s"
+    assert env["SSEPLANE_TOKEN_COOKIE"]["value"] == "sseplane_token"
+    for var in ("SSEPLANE_JWT_PUBLIC_KEY", "SSEPLANE_JWKS", "SSEPLANE_JWT_AUDIENCE",
+                "SSEPLANE_JWT_ISSUER", "SSEPLANE_ADMIN_TOKEN"):
+        assert var not in env, var
+    assert "auth-keys" not in {v["name"] for v in pod_spec(objs)["volumes"]}
+    # Offline (lookup is empty: helm template, install.yaml) the random value
+    # could not be kept across renders, so the Secret is left out and the
+    # Deployment says how to create it.
+    assert not find(objs, "Secret")
+    (text,) = [t for _, t, o in render_install.render_manifests() if o["kind"] == "Deployment"
+               and o["metadata"]["name"] == RELEASE]
+    assert f"kubectl -n {NAMESPACE} create secret generic {AUTH_SECRET}" in text
+    assert '--from-literal=jwt-secret="$(openssl rand -hex 24)"' in text
+
+
+def _generated(values: dict) -> tuple[dict, dict[str, str]]:
+    objs = render(values)
+    secret = one(objs, "Secret", AUTH_SECRET)
+    assert secret["type"] == "Opaque" and secret["metadata"]["namespace"] == NAMESPACE
+    assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    assert "stringData" not in secret
+    return objs, {k: base64.b64decode(v, validate=True).decode() for k, v in secret["data"].items()}
+
+
+def test_the_generated_secret_holds_random_48_character_values():
+    objs, data = _generated(VALUE_SETS["auth-generated-offline"])
+    assert set(data) == {"jwt-secret", "admin-token"}
+    for key, value in data.items():
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", value), key
+    assert data["jwt-secret"] != data["admin-token"]
+    env = env_of(sseplane_container(objs))
+    assert secret_ref(env, "SSEPLANE_JWT_SECRET") == (AUTH_SECRET, "jwt-secret")
+    assert secret_ref(env, "SSEPLANE_ADMIN_TOKEN") == (AUTH_SECRET, "admin-token")
+    # A new value on every offline render (lookup finds nothing to keep).
+    _, again = _generated(VALUE_SETS["auth-generated-offline"])
+    assert again["jwt-secret"] != data["jwt-secret"]
+    # Only what is asked for: the admin token alone, with auth off.
+    objs, data = _generated({"auth": {"enabled": False, "generateOffline": True, "adminToken": {"generate": True}}})
+    assert set(data) == {"admin-token"}
+    env = env_of(sseplane_container(objs))
+    assert "SSEPLANE_JWT_SECRET" not in env and secret_ref(env, "SSEPLANE_ADMIN_TOKEN") == (AUTH_SECRET, "admin-token")
+    # Nothing to generate: no Secret, even with generateOffline.
+    assert not find(render({"auth": {"generateOffline": True, "existingSecret": "mine"}}), "Secret")
+
+
+def test_the_generated_secret_keeps_the_value_lookup_finds():
+    template = (CHART / "templates" / "auth-secret.yaml").read_text()
+    assert '(lookup "v1" "Secret" .Release.Namespace $name).data' in template
+    assert "index $existing $key | default (randAlphaNum 48 | b64enc)" in template
+
+
+def test_the_secret_name_follows_the_fullname():
+    objs = render({"auth": {"generateOffline": True}}, release="demo", namespace="apps")
+    one(objs, "Secret", "demo-sseplane-auth")
+    env = env_of(sseplane_container(objs, "demo-sseplane"))
+    assert secret_ref(env, "SSEPLANE_JWT_SECRET") == ("demo-sseplane-auth", "jwt-secret")
+
+
+def test_an_existing_secret_replaces_the_generated_one():
+    objs = render("auth-existing-secret")
+    assert not find(objs, "Secret")
+    env = env_of(sseplane_container(objs))
+    assert secret_ref(env, "SSEPLANE_JWT_SECRET") == ("sseplane-jwt", "hs256")
+    assert env["SSEPLANE_JWT_AUDIENCE"]["value"] == "events"
+    assert env["SSEPLANE_JWT_ISSUER"]["value"] == "https://auth.example.com"
+    assert env["SSEPLANE_JWT_LEEWAY"]["value"] == "30s"
+    assert env["SSEPLANE_TOKEN_COOKIE"]["value"] == "events_token"
+    assert "SSEPLANE_JWT_PUBLIC_KEY" not in env and "SSEPLANE_JWKS" not in env
+    text = "\n".join(t for _, t, _ in render_install.render_manifests(VALUE_SETS["auth-existing-secret"]))
+    assert "create secret generic" not in text
+    # The default key name.
+    env = env_of(sseplane_container(render({"auth": {"existingSecret": "mine"}})))
+    assert secret_ref(env, "SSEPLANE_JWT_SECRET") == ("mine", "jwt-secret")
+
+
+def _key_files(objs: list[dict]) -> dict[str, tuple[str, str, str]]:
+    """Files of the auth-keys volume: path in the pod -> (kind, object name, key)."""
+    pod = pod_spec(objs)
+    (mount,) = [m for m in sseplane_container(objs)["volumeMounts"] if m["name"] == "auth-keys"]
+    assert mount["readOnly"] is True and "subPath" not in mount  # subPath mounts never update
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "auth-keys"]
+    files = {}
+    for source in volume["projected"]["sources"]:
+        ((kind, ref),) = source.items()
+        for item in ref["items"]:
+            files[f"{mount['mountPath']}/{item['path']}"] = (kind, ref["name"], item["key"])
+    return files
+
+
+def test_public_keys_are_mounted_as_files_the_flags_point_to():
+    objs = render("auth-public-keys")
+    env = env_of(sseplane_container(objs))
+    files = _key_files(objs)
+    assert files == {
+        env["SSEPLANE_JWT_PUBLIC_KEY"]["value"]: ("secret", "sseplane-pem", "rsa.pub"),
+        env["SSEPLANE_JWKS"]["value"]: ("configMap", "sseplane-jwks", "jwks.json"),
+    }
+    assert env["SSEPLANE_JWT_PUBLIC_KEY"]["value"] == f"{KEYS_DIR}/public-key.pem"
+    assert env["SSEPLANE_JWKS"]["value"] == f"{KEYS_DIR}/jwks.json"
+    # Public keys only: no HS256 secret, generated or not.
+    assert "SSEPLANE_JWT_SECRET" not in env and not find(objs, "Secret")
+    assert env["SSEPLANE_JWT_LEEWAY"]["value"] == "5s"
+    # The other way round, and combined with an HS256 secret (sseplane takes all three).
+    objs = render({"auth": {"existingSecret": "hs", "publicKey": {"existingConfigMap": "pem"},
+                            "jwks": {"existingSecret": "jwks", "key": "keys.json"}}})
+    env = env_of(sseplane_container(objs))
+    assert _key_files(objs) == {
+        f"{KEYS_DIR}/public-key.pem": ("configMap", "pem", "public.pem"),
+        f"{KEYS_DIR}/jwks.json": ("secret", "jwks", "keys.json"),
+    }
+    assert secret_ref(env, "SSEPLANE_JWT_SECRET") == ("hs", "jwt-secret")
+    # A JWKS alone.
+    objs = render({"auth": {"jwks": {"existingConfigMap": "jwks"}}})
+    env = env_of(sseplane_container(objs))
+    assert set(_key_files(objs)) == {env["SSEPLANE_JWKS"]["value"]}
+    assert "SSEPLANE_JWT_PUBLIC_KEY" not in env and "SSEPLANE_JWT_SECRET" not in env
+
+
+def test_auth_off_sets_no_key():
+    objs = render("auth-off")
+    env = env_of(sseplane_container(objs))
+    for var in AUTH_ENV + ("SSEPLANE_ADMIN_TOKEN",):
+        assert var not in env, var
+    assert not find(objs, "Secret")
+    assert "auth-keys" not in {v["name"] for v in pod_spec(objs)["volumes"]}
+    assert "Auth: OFF" in _notes(VALUE_SETS["auth-off"])
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"auth": {"enabled": False, "existingSecret": "mine"}}, "auth.enabled=false turns token auth off"),
+        ({"auth": {"enabled": False, "jwks": {"existingConfigMap": "jwks"}}}, "auth.enabled=false"),
+        ({"auth": {"publicKey": {"existingSecret": "a", "existingConfigMap": "b"}}},
+         "auth.publicKey: set existingSecret or existingConfigMap, not both"),
+        ({"auth": {"jwks": {"existingSecret": "a", "existingConfigMap": "b"}}}, "auth.jwks: set existingSecret"),
+        ({"auth": {"adminToken": {"existingSecret": "a", "generate": True}}},
+         "auth.adminToken: set existingSecret or generate, not both"),
+    ],
+)
+def test_the_chart_refuses_contradictory_auth_values(values, complaint):
+    assert complaint in render_error(values)
+
+
+def test_admin_token_wiring():
+    objs = render("admin-token-secret")
+    env = env_of(sseplane_container(objs))
+    assert secret_ref(env, "SSEPLANE_ADMIN_TOKEN") == ("sseplane-admin", "token")
+    assert secret_ref(env, "SSEPLANE_JWT_SECRET") == (AUTH_SECRET, "jwt-secret")
+    assert "SSEPLANE_ADMIN_TOKEN" not in env_of(sseplane_container(render("default")))
+    # Probes and the ServiceMonitor stay on endpoints the admin token does not guard.
+    for name in ("admin-token-secret", "auth-generated-offline"):
+        container = sseplane_container(render(name))
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert container[probe]["httpGet"]["path"] in ("/healthz", "/readyz"), probe
+    monitor = one(render({"auth": {"adminToken": {"generate": True}}, "serviceMonitor": {"enabled": True}}),
+                  "ServiceMonitor")
+    assert [e["path"] for e in monitor["spec"]["endpoints"]] == ["/metrics"]
+    # Offline, the Deployment says how to create the managed Secret with both keys.
+    text = "\n".join(t for _, t, _ in render_install.render_manifests({"auth": {"adminToken": {"generate": True}}}))
+    assert "--from-literal=jwt-secret=" in text and "--from-literal=admin-token=" in text
+
+
+def test_the_auth_and_limit_defaults_are_the_binarys_defaults():
+    known = _config_rs_env()
+    cookie = re.search(r'DEFAULT_COOKIE: &str = "([^"]+)"',
+                       (ROOT / "src" / "auth" / "credentials.rs").read_text()).group(1)
+    env = {k: v.get("value") for k, v in env_of(sseplane_container(render("default"))).items()}
+    assert env["SSEPLANE_JWT_LEEWAY"] == known["SSEPLANE_JWT_LEEWAY"]
+    assert env["SSEPLANE_TOKEN_COOKIE"] == cookie
+    assert env["SSEPLANE_BODY_TIMEOUT"] == known["SSEPLANE_BODY_TIMEOUT"]
+    assert env["SSEPLANE_MAX_STREAMS_PER_CLIENT"] == known["SSEPLANE_MAX_STREAMS_PER_CLIENT"]
+    # No default in the binary (derived from the open-files limit): not set.
+    assert known["SSEPLANE_MAX_STREAMS"] is None and "SSEPLANE_MAX_STREAMS" not in env
+
+
+def test_connection_limits_reach_the_environment():
+    env = {k: v.get("value") for k, v in env_of(sseplane_container(render("limits"))).items()}
+    assert (env["SSEPLANE_MAX_STREAMS"], env["SSEPLANE_MAX_STREAMS_PER_CLIENT"], env["SSEPLANE_BODY_TIMEOUT"]) == \
+        ("20000", "50", "30s")
+    # 0 means "no limit", not "unset"; large numbers stay integers.
+    env = env_of(sseplane_container(render({"limits": {"maxStreams": 0, "maxStreamsPerClient": 0}})))
+    assert env["SSEPLANE_MAX_STREAMS"]["value"] == "0" and env["SSEPLANE_MAX_STREAMS_PER_CLIENT"]["value"] == "0"
+    env = env_of(sseplane_container(render({"limits": {"maxStreams": 1000000}})))
+    assert env["SSEPLANE_MAX_STREAMS"]["value"] == "1000000"
+
+
+def test_behind_the_ingress_the_per_client_limit_is_off_unless_set():
+    env = env_of(sseplane_container(render("ingress")))
+    assert env["SSEPLANE_MAX_STREAMS_PER_CLIENT"]["value"] == "0"
+    assert "per-client stream limit is off" in _notes(VALUE_SETS["ingress"])
+    env = env_of(sseplane_container(render({"ingress": {"enabled": True}, "limits": {"maxStreamsPerClient": 5000}})))
+    assert env["SSEPLANE_MAX_STREAMS_PER_CLIENT"]["value"] == "5000"
+
+
+# --------------------------------------------------------------------------
 # Redis and tracing wiring
 
 
@@ -714,6 +948,18 @@ def test_the_chart_crd_is_the_generated_one():
         ({"rbac": {"clusterScoped": "yes"}}, "/rbac/clusterScoped"),
         ({"policies": [{"name": "Not_A_Name", "spec": {"channels": ["a"]}}]}, "/policies"),
         ({"policies": {"empty": {"channels": []}}}, "/policies"),
+        ({"auth": {"enabled": "yes"}}, "/auth/enabled"),
+        ({"auth": {"enabeld": False}}, "enabeld"),
+        ({"auth": {"existingSecret": "Not_A_Name"}}, "/auth/existingSecret"),
+        ({"auth": {"secretKeys": {"jwtSecret": ""}}}, "/auth/secretKeys/jwtSecret"),
+        ({"auth": {"jwks": {"existingConfigMap": 42}}}, "/auth/jwks/existingConfigMap"),
+        ({"auth": {"publicKey": {"key": "a/b.pem"}}}, "/auth/publicKey/key"),
+        ({"auth": {"leeway": "5 seconds"}}, "/auth/leeway"),
+        ({"auth": {"cookieName": "my cookie"}}, "/auth/cookieName"),
+        ({"auth": {"adminToken": {"generate": "true"}}}, "/auth/adminToken/generate"),
+        ({"limits": {"maxStreams": -1}}, "/limits/maxStreams"),
+        ({"limits": {"maxStreamsPerClient": "1000"}}, "/limits/maxStreamsPerClient"),
+        ({"limits": {"bodyTimeout": 10}}, "/limits/bodyTimeout"),
     ],
     ids=lambda v: str(v)[:40] if isinstance(v, dict) else None,
 )
@@ -771,6 +1017,35 @@ def test_notes_tell_how_to_try_it():
     assert f"port-forward svc/{RELEASE}-jaeger 16686:16686" in with_jaeger
 
 
+def test_notes_tell_how_to_get_a_token():
+    notes = _notes()
+    assert "Auth: on." in notes
+    assert (f"SECRET=$(kubectl -n {NAMESPACE} get secret {AUTH_SECRET} "
+            "-o jsonpath='{.data.jwt-secret}' | base64 -d)") in notes
+    assert """sseplane token --secret "$SECRET" """ in notes and "--subscribe 'game:*' --ttl 1h" in notes
+    assert f"kubectl -n {NAMESPACE} exec deploy/{RELEASE} -- sseplane token " in notes
+    assert """-H "Authorization: Bearer $TOKEN\"""" in notes
+    assert "ADMIN_TOKEN" not in notes
+    # Offline the Secret is not rendered, and the notes say how to create it.
+    assert f"create secret generic {AUTH_SECRET}" in notes
+
+    notes = _notes(VALUE_SETS["auth-generated-offline"])
+    assert "create secret generic" not in notes
+    assert (f"ADMIN_TOKEN=$(kubectl -n {NAMESPACE} get secret {AUTH_SECRET} "
+            "-o jsonpath='{.data.admin-token}' | base64 -d)") in notes
+    assert """curl -s -H "Authorization: Bearer $ADMIN_TOKEN" 'http://127.0.0.1:9090/v1/diagnostics""" in notes
+
+    notes = _notes({"auth": {"existingSecret": "mine", "secretKeys": {"jwtSecret": "hs.key"},
+                             "audience": "events", "issuer": "https://idp",
+                             "adminToken": {"existingSecret": "adm", "key": "tok"}}})
+    assert "get secret mine -o jsonpath='{.data.hs\\.key}'" in notes
+    assert "--aud 'events' --iss 'https://idp'" in notes
+    assert "get secret adm -o jsonpath='{.data.tok}'" in notes
+
+    notes = _notes(VALUE_SETS["auth-public-keys"])
+    assert "sseplane token --private-key" in notes and "--secret" not in notes
+
+
 def test_install_yaml_is_the_default_render():
     committed = (ROOT / "manifests" / "install.yaml").read_text()
     fresh = render_install.render_install()
@@ -778,6 +1053,12 @@ def test_install_yaml_is_the_default_render():
         "manifests/install.yaml is out of date with charts/sseplane; regenerate it with "
         "`python3 scripts/render-install.py` (pip install -r tests/chart/requirements.txt)")
     docs = [d for d in yaml.safe_load_all(committed) if d]
+    # No generated Secret: its random value would be shared by everyone who
+    # applies the file, and differ on every regeneration.
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == RELEASE]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert secret_ref(env_of(container), "SSEPLANE_JWT_SECRET") == (AUTH_SECRET, "jwt-secret")
     assert docs[0]["kind"] == "CustomResourceDefinition"
     assert docs[1] == {"apiVersion": "v1", "kind": "Namespace",
                        "metadata": {"name": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "sseplane"}}}

@@ -284,12 +284,16 @@ impl Drop for Replica {
 
 /// POSTs JSON `body` to `url`; the status and the JSON answer.
 pub async fn post_json(url: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    post_json_with(url, body, None).await
+}
+
+/// Like [`post_json`], with `Authorization: Bearer <token>` when given.
+pub async fn post_json_with(url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(url).json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }

@@ -222,3 +222,134 @@ list of {name, spec} items.
 {{- end }}
 {{- toJson $out }}
 {{- end }}
+
+{{/*
+Token auth (auth.*). Where the keys come from:
+- the HS256 secret: auth.existingSecret, else (auth.enabled and no other key
+  source) the chart-managed Secret <fullname>-auth, key jwt-secret;
+- public keys: auth.publicKey / auth.jwks, from a Secret or a ConfigMap,
+  mounted as files under /etc/sseplane/keys (reloaded when they change).
+*/}}
+{{- define "sseplane.auth.secretName" -}}
+{{- printf "%s-auth" (include "sseplane.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "sseplane.auth.keysDir" -}}
+/etc/sseplane/keys
+{{- end }}
+
+{{/*
+A key file source (auth.publicKey or auth.jwks, given as .src, named .what):
+"secret", "configMap" or "". Fails when both are set.
+*/}}
+{{- define "sseplane.auth.fileSource" -}}
+{{- if and .src.existingSecret .src.existingConfigMap }}
+{{- fail (printf "auth.%s: set existingSecret or existingConfigMap, not both" .what) }}
+{{- else if .src.existingSecret }}
+{{- print "secret" }}
+{{- else if .src.existingConfigMap }}
+{{- print "configMap" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where SSEPLANE_JWT_SECRET comes from: "existing" (auth.existingSecret),
+"managed" (generated into <fullname>-auth) or "" (none). Fails on a
+contradictory choice.
+*/}}
+{{- define "sseplane.auth.jwtSecretMode" -}}
+{{- $a := .Values.auth }}
+{{- $publicKey := include "sseplane.auth.fileSource" (dict "src" $a.publicKey "what" "publicKey") }}
+{{- $jwks := include "sseplane.auth.fileSource" (dict "src" $a.jwks "what" "jwks") }}
+{{- if not $a.enabled }}
+{{- if or $a.existingSecret $publicKey $jwks }}
+{{- fail "auth.enabled=false turns token auth off: leave auth.existingSecret, auth.publicKey and auth.jwks empty (or set auth.enabled=true)" }}
+{{- end }}
+{{- else if $a.existingSecret }}
+{{- print "existing" }}
+{{- else if not (or $publicKey $jwks) }}
+{{- print "managed" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether any token key is configured ("true" or ""): auth is on.
+*/}}
+{{- define "sseplane.auth.on" -}}
+{{- $a := .Values.auth }}
+{{- if or (include "sseplane.auth.jwtSecretMode" .) (include "sseplane.auth.fileSource" (dict "src" $a.publicKey "what" "publicKey")) (include "sseplane.auth.fileSource" (dict "src" $a.jwks "what" "jwks")) }}true{{ end }}
+{{- end }}
+
+{{/*
+Where SSEPLANE_ADMIN_TOKEN comes from: "existing", "managed" or "".
+*/}}
+{{- define "sseplane.auth.adminTokenMode" -}}
+{{- $t := .Values.auth.adminToken }}
+{{- if and $t.existingSecret $t.generate }}
+{{- fail "auth.adminToken: set existingSecret or generate, not both" }}
+{{- else if $t.existingSecret }}
+{{- print "existing" }}
+{{- else if $t.generate }}
+{{- print "managed" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The keys of the chart-managed Secret <fullname>-auth, as a JSON list.
+*/}}
+{{- define "sseplane.auth.managedKeys" -}}
+{{- $keys := list }}
+{{- if eq (include "sseplane.auth.jwtSecretMode" .) "managed" }}
+{{- $keys = append $keys "jwt-secret" }}
+{{- end }}
+{{- if eq (include "sseplane.auth.adminTokenMode" .) "managed" }}
+{{- $keys = append $keys "admin-token" }}
+{{- end }}
+{{- toJson $keys }}
+{{- end }}
+
+{{/*
+Whether Helm renders against a cluster ("true" or ""): `lookup` returns an
+empty map without one (helm template, lint, GitOps tools rendering with helm
+template), while listing a namespace's Services always returns a list object
+when it can reach the API server (even an empty one, even before the
+namespace exists).
+*/}}
+{{- define "sseplane.clusterReachable" -}}
+{{- if lookup "v1" "Service" .Release.Namespace "" }}true{{ end }}
+{{- end }}
+
+{{/*
+Whether to render the chart-managed Secret ("true" or ""). Its values are
+random, generated once and read back with `lookup` on every upgrade; a render
+without a cluster cannot read them back (a new value each time), so it leaves
+the Secret out (create it yourself) unless auth.generateOffline is true.
+*/}}
+{{- define "sseplane.auth.renderManagedSecret" -}}
+{{- if include "sseplane.auth.managedKeys" . | fromJsonArray }}
+{{- if or .Values.auth.generateOffline (lookup "v1" "Secret" .Release.Namespace (include "sseplane.auth.secretName" .)) (include "sseplane.clusterReachable" .) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Secret key inside a kubectl jsonpath expression (dots escaped).
+*/}}
+{{- define "sseplane.jsonpathKey" -}}
+{{- replace "." "\\." . }}
+{{- end }}
+
+{{/*
+SSEPLANE_MAX_STREAMS_PER_CLIENT: limits.maxStreamsPerClient, else 1000 (the
+binary's default), or 0 (no limit) behind the chart's Ingress, where every
+client has the ingress controller's address.
+*/}}
+{{- define "sseplane.maxStreamsPerClient" -}}
+{{- $v := .Values.limits.maxStreamsPerClient }}
+{{- if not (kindIs "invalid" $v) }}
+{{- $v | int64 }}
+{{- else if .Values.ingress.enabled }}
+{{- print 0 }}
+{{- else }}
+{{- print 1000 }}
+{{- end }}
+{{- end }}
