@@ -36,7 +36,7 @@ for r in A:18091:19091 B:18092:19092; do
   IFS=: read -r name port admin <<< "$r"
   "$BIN" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
     --redis-url redis://127.0.0.1:16390 --replica-id "$name" --log-level warn --queue-events 65536 \
-    --worker-threads "${SSEPLANE_WORKERS:-1}" &
+    --worker-threads "${SSEPLANE_WORKERS:-1}" --max-streams-per-client 0 &
   pids+=($!)
 done
 SSEPLANE_PIDS=("${pids[@]}")
