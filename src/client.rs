@@ -35,6 +35,9 @@ pub struct SseParser {
     after_cr: bool,
 }
 
+/// UTF-8 byte-order mark, skipped at the start of a stream.
+const BOM: &[u8] = "\u{feff}".as_bytes();
+
 impl SseParser {
     /// A parser with no last event id.
     pub fn new() -> SseParser {
@@ -49,14 +52,7 @@ impl SseParser {
     /// Parses `bytes`, returning the events they complete.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        let mut input = bytes;
-        if !self.bom_checked && !input.is_empty() {
-            self.bom_checked = true;
-            if let Some(rest) = input.strip_prefix("\u{feff}".as_bytes()) {
-                input = rest;
-            }
-        }
-        for &b in input {
+        for &b in bytes {
             if self.after_cr {
                 self.after_cr = false;
                 if b == b'\n' {
@@ -66,7 +62,15 @@ impl SseParser {
             match b {
                 b'\n' | b'\r' => {
                     self.after_cr = b == b'\r';
-                    let line = std::mem::take(&mut self.buffer);
+                    let mut line = std::mem::take(&mut self.buffer);
+                    // A byte-order mark can only open the stream, so it is in
+                    // the first line, however the bytes were split.
+                    if !self.bom_checked {
+                        self.bom_checked = true;
+                        if line.starts_with(BOM) {
+                            line.drain(..BOM.len());
+                        }
+                    }
                     if let Some(event) = self.line(&String::from_utf8_lossy(&line)) {
                         events.push(event);
                     }

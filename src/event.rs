@@ -201,7 +201,9 @@ impl EventBody {
         let trace_parent = parts.next().ok_or(BadEnvelope("no trace context"))?;
         let published_ms = parts
             .next()
-            .and_then(|ms| ms.parse().ok())
+            // Canonical decimal only (no `+`, no leading zeros): what decodes
+            // encodes back to the same text.
+            .and_then(|ms| ms.parse::<u64>().ok().filter(|n| n.to_string() == ms))
             .ok_or(BadEnvelope("no publish time"))?;
         let data = parts.next().ok_or(BadEnvelope("no data"))?;
         if data.contains(['\n', '\r']) || data.is_empty() {

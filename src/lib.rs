@@ -23,6 +23,8 @@ pub mod client;
 pub mod config;
 pub mod event;
 pub mod file_watch;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod http;
 pub mod hub;
 pub mod metrics;
