@@ -724,3 +724,32 @@ async fn limits_answer_with_the_error_shape() {
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains(r#""code":"body_timeout""#), "{reply}");
 }
+
+#[tokio::test]
+async fn without_a_key_auth_is_off_and_the_start_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("replica.log");
+    let policies = policies();
+    let replica = Replica::start_logged(
+        "a",
+        None,
+        &["--policies", policies.path().to_str().unwrap()],
+        &[],
+        Some(&log),
+    )
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("auth is off, publishing is open"),
+        "no warning at start: {text}"
+    );
+    // Publishing is open, and so is a channel whose policy asks for tokens.
+    assert_eq!(
+        publish(&replica, None, json!({"channel": "game:1", "data": 1}))
+            .await
+            .status,
+        200
+    );
+    let stream = open_stream(replica.stream_url(&["private:1"]), |r| r).await;
+    assert_eq!(stream.status, 200);
+}

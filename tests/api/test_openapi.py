@@ -10,9 +10,6 @@ tests and by `test_stream_errors_match_the_document` below.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import shutil
@@ -84,16 +81,6 @@ def secured_service():
     process.wait()
 
 
-def hs256(claims: dict) -> str:
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps(claims).encode())
-    signature = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{b64(signature)}"
-
-
 def schemathesis(url: str, *extra: str) -> subprocess.CompletedProcess:
     st = shutil.which("st") or shutil.which("schemathesis")
     command = [st] if st else [sys.executable, "-m", "schemathesis.cli"]
@@ -132,8 +119,8 @@ def test_schemathesis_finds_nothing_with_auth_off(open_service):
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 
 
-def test_schemathesis_finds_nothing_with_a_token(secured_service):
-    token = hs256({"exp": int(time.time()) + 3600, "sseplane": {"subscribe": ["*"], "publish": ["*"]}})
+def test_schemathesis_finds_nothing_with_a_token(secured_service, mint):
+    token = mint(SECRET, {"exp": int(time.time()) + 3600, "sseplane": {"subscribe": ["*"], "publish": ["*"]}})
     run = schemathesis(secured_service, "--header", f"Authorization: Bearer {token}")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
 

@@ -47,13 +47,17 @@ def http_ok(url):
         return False
 
 
-@pytest.fixture
-def sseplane():
+SECRET = "watch-page-secret-0123456789abcdef"
+
+
+@pytest.fixture(params=["open"])
+def sseplane(request):
     assert BINARY.exists(), f"{BINARY} is missing: run cargo build (scripts/test.sh does)"
     public, admin = free_port(), free_port()
+    extra = ["--jwt-secret", SECRET] if request.param == "secured" else []
     process = subprocess.Popen(
         [str(BINARY), "--listen", f"127.0.0.1:{public}", "--admin-listen", f"127.0.0.1:{admin}",
-         "--replica-id", "ui-replica", "--log-level", "warn"],
+         "--replica-id", "ui-replica", "--log-level", "warn", *extra],
     )
     try:
         wait_for("sseplane readiness", lambda: http_ok(f"http://127.0.0.1:{admin}/readyz"))
@@ -157,3 +161,19 @@ def test_the_watch_page_shows_delivery_per_replica_and_publishes(sseplane, page)
     out = Path(os.environ.get("SSEPLANE_UI_SCREENSHOT", tempfile.gettempdir())) / "sseplane-watch-page.png"
     import base64
     out.write_bytes(base64.b64decode(shot))
+
+
+@pytest.mark.parametrize("sseplane", ["secured"], indirect=True)
+def test_the_watch_page_sends_its_token_when_auth_is_on(sseplane, page, mint):
+    page.call("Page.navigate", url=f"{sseplane}/?channels=demo&connections=1&connect=1")
+    wait_for("the page", lambda: page.eval("document.readyState") == "complete")
+    wait_for("an open stream", lambda: page.eval("document.querySelector('.replica .status')?.textContent") == "1 open stream(s)")
+
+    # Without a token the publish is refused, and the page says why.
+    page.eval("document.getElementById('send').click()")
+    wait_for("the refusal", lambda: page.eval("document.getElementById('pub-status').textContent").startswith("401"))
+
+    token = mint(SECRET, {"sseplane": {"publish": ["demo"], "subscribe": ["demo"]}})
+    page.eval(f"document.getElementById('token').value = {json.dumps(token)}; document.getElementById('send').click();")
+    wait_for("the event on the stream", lambda: page.eval("document.querySelectorAll('#events tr').length") == 1)
+    assert "published, id " in page.eval("document.getElementById('pub-status').textContent")
