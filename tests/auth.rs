@@ -173,23 +173,25 @@ spec:
     dir
 }
 
+/// A replica with the HS256 secret, no leeway, and the policies in `dir`.
+async fn secured(redis: Option<&Redis>, dir: &tempfile::TempDir) -> Replica {
+    let policies = dir.path().to_str().unwrap();
+    let args = [
+        "--jwt-secret",
+        SECRET,
+        "--jwt-leeway",
+        "0s",
+        "--policies",
+        policies,
+    ];
+    Replica::start("a", redis, &args).await
+}
+
 #[tokio::test]
 async fn publishing_needs_a_valid_token_that_covers_the_channel() {
     let redis = Redis::start().await;
     let dir = policies();
-    let replica = Replica::start(
-        "a",
-        Some(&redis),
-        &[
-            "--jwt-secret",
-            SECRET,
-            "--jwt-leeway",
-            "0s",
-            "--policies",
-            dir.path().to_str().unwrap(),
-        ],
-    )
-    .await;
+    let replica = secured(Some(&redis), &dir).await;
     let event = json!({"channel": "game:1", "data": {"n": 1}});
 
     let missing = publish(&replica, None, event.clone()).await;
@@ -312,17 +314,7 @@ async fn redis_len(redis: &Redis, channel: &str) -> Value {
 #[tokio::test]
 async fn subscribing_takes_the_token_from_header_cookie_or_query() {
     let dir = policies();
-    let replica = Replica::start(
-        "a",
-        None,
-        &[
-            "--jwt-secret",
-            SECRET,
-            "--policies",
-            dir.path().to_str().unwrap(),
-        ],
-    )
-    .await;
+    let replica = secured(None, &dir).await;
     let url = replica.stream_url(&["private:1"]);
     assert_refused(
         &open_stream(url.clone(), |r| r).await,
@@ -495,19 +487,7 @@ async fn audience_and_issuer_are_checked_when_configured() {
 #[tokio::test]
 async fn a_stream_ends_when_its_token_expires() {
     let dir = policies();
-    let replica = Replica::start(
-        "a",
-        None,
-        &[
-            "--jwt-secret",
-            SECRET,
-            "--jwt-leeway",
-            "0s",
-            "--policies",
-            dir.path().to_str().unwrap(),
-        ],
-    )
-    .await;
+    let replica = secured(None, &dir).await;
     let mut short = claims(&["private:*"], &["private:*"]);
     short["exp"] = json!(now() + 3);
     let token = hs256(&short);
