@@ -90,6 +90,11 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let streams = TaskTracker::new();
     let shutdown: Shutdown = state.shutdown.clone();
+    let shared = std::sync::Arc::new(Shared {
+        router,
+        state,
+        cors,
+    });
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
@@ -112,12 +117,9 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let connection = Connection {
             client: peer.ip(),
-            router: router.clone(),
-            state: state.clone(),
-            cors: cors.clone(),
+            shared: shared.clone(),
         };
-        let watcher = graceful.watcher();
-        streams.spawn(async move { connection.serve(tcp, watcher).await });
+        streams.spawn(connection.serve(tcp, graceful.watcher()));
     }
     drop(listener);
     streams.close();
@@ -125,11 +127,17 @@ pub async fn serve(
     Ok(())
 }
 
-struct Connection {
-    client: std::net::IpAddr,
+/// What every connection of the listener uses, shared: a connection's task
+/// keeps one pointer to it rather than copies.
+struct Shared {
     router: Router,
     state: AppState,
     cors: StreamCors,
+}
+
+struct Connection {
+    client: std::net::IpAddr,
+    shared: std::sync::Arc<Shared>,
 }
 
 /// A request head, parsed.
@@ -185,11 +193,12 @@ fn parse_head(bytes: &[u8]) -> Option<Result<Head, BadHead>> {
 
 impl Connection {
     async fn serve(self, mut tcp: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
-        // This future lives as long as the stream: everything it holds across an
-        // await is paid per connection, so the head is read straight into a
-        // heap buffer that is dropped, and hyper's (large) future is boxed.
+        // This future lives as long as the stream, and a future is as large as
+        // its largest await: every await here is boxed (freed when it is
+        // done), so the task keeps little more than the socket. The head is
+        // read straight into a heap buffer that is dropped.
         let mut read = Vec::with_capacity(1024);
-        let head = tokio::time::timeout(HEAD_TIMEOUT, async {
+        let head = Box::pin(tokio::time::timeout(HEAD_TIMEOUT, async {
             loop {
                 read.reserve(1024);
                 let n = tcp.read_buf(&mut read).await.ok()?;
@@ -202,7 +211,7 @@ impl Connection {
                     None => continue,
                 }
             }
-        })
+        }))
         .await;
         let head = match head {
             Ok(Some(head)) => head,
@@ -230,7 +239,8 @@ impl Connection {
                     offset: 0,
                     inner: tcp,
                 });
-                let router = self.router.layer(axum::Extension(ClientAddr(self.client)));
+                let router =
+                    (self.shared.router.clone()).layer(axum::Extension(ClientAddr(self.client)));
                 let service = TowerToHyperService::new(router);
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -247,7 +257,9 @@ impl Connection {
     async fn stream(self, mut tcp: TcpStream, head: Head) {
         // Everything but the socket and the body is dropped before the stream
         // settles in: this future lives as long as the stream.
-        let Some(mut events) = self.open_stream(&mut tcp, head).await else {
+        // Opening (subscribing, reading history) is boxed: its locals are freed
+        // once the stream is open instead of sizing this future for good.
+        let Some(mut events) = Box::pin(self.open_stream(&mut tcp, head)).await else {
             return;
         };
         // Watch the read side too: a client that closes its end is noticed at
@@ -282,10 +294,10 @@ impl Connection {
             .get("origin")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let cors = self.cors.headers(origin.as_deref());
+        let cors = self.shared.cors.headers(origin.as_deref());
         let span = crate::telemetry::request_span("GET", "/v1/stream", &head.headers);
         let opened = stream::open(
-            &self.state,
+            &self.shared.state,
             head.query.as_deref(),
             &head.headers,
             Some(self.client),
@@ -315,7 +327,7 @@ impl Connection {
             }
         };
         let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
-        for (name, value) in stream::response_headers(&self.state) {
+        for (name, value) in stream::response_headers(&self.shared.state) {
             response.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap_or("")));
         }
         for (name, value) in cors {
