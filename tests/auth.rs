@@ -366,20 +366,18 @@ async fn subscribing_takes_the_token_from_header_cookie_or_query() {
     );
 }
 
+/// A replica verifying tokens with the PEM public key fixture `file`.
+async fn with_public_key(file: &str) -> Replica {
+    let path = fixture(file);
+    Replica::start(file, None, &["--jwt-public-key", path.to_str().unwrap()]).await
+}
+
 #[tokio::test]
 async fn rs256_and_es256_from_pem_and_jwks_and_no_algorithm_confusion() {
     let rights = claims(&["private:*"], &["game:*"]);
     let event = json!({"channel": "game:1", "data": 1});
 
-    let pem = Replica::start(
-        "pem",
-        None,
-        &[
-            "--jwt-public-key",
-            fixture("rsa-public.pem").to_str().unwrap(),
-        ],
-    )
-    .await;
+    let pem = with_public_key("rsa-public.pem").await;
     let rs = signed(Algorithm::RS256, None, "rsa-private.pem", &rights);
     assert_eq!(publish(&pem, Some(&rs), event.clone()).await.status, 200);
     // HS256 "signed" with the public key as secret: the classic confusion.
@@ -397,15 +395,7 @@ async fn rs256_and_es256_from_pem_and_jwks_and_no_algorithm_confusion() {
         "invalid_token",
     );
 
-    let ec = Replica::start(
-        "ec",
-        None,
-        &[
-            "--jwt-public-key",
-            fixture("ec-public.pem").to_str().unwrap(),
-        ],
-    )
-    .await;
+    let ec = with_public_key("ec-public.pem").await;
     assert_eq!(publish(&ec, Some(&es), event.clone()).await.status, 200);
 
     // A JWKS holding only the EC key at first; adding the RSA key is picked
