@@ -557,24 +557,42 @@ async fn the_admin_api_takes_its_own_token() {
     }
 }
 
+/// A replica on the test policies whose log goes to a file.
+struct Logged {
+    replica: Replica,
+    log: PathBuf,
+    _dirs: [tempfile::TempDir; 2],
+}
+
+impl Logged {
+    async fn start(extra: &[&str], env: &[(&str, &str)]) -> Logged {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("replica.log");
+        let policies = policies();
+        let mut args = extra.to_vec();
+        args.extend(["--policies", policies.path().to_str().unwrap()]);
+        let replica = Replica::start_logged("a", None, &args, env, Some(&log)).await;
+        Logged {
+            replica,
+            log,
+            _dirs: [dir, policies],
+        }
+    }
+
+    /// What the replica logged so far.
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
 #[tokio::test]
 async fn tokens_stay_out_of_the_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("replica.log");
-    let policies = policies();
-    let replica = Replica::start_logged(
-        "a",
-        None,
-        &[
-            "--jwt-secret",
-            SECRET,
-            "--policies",
-            policies.path().to_str().unwrap(),
-        ],
+    let logged = Logged::start(
+        &["--jwt-secret", SECRET],
         &[("SSEPLANE_LOG_LEVEL", "trace")],
-        Some(&log),
     )
     .await;
+    let replica = &logged.replica;
     let token = hs256(&claims(&["private:*"], &["*"]));
     let url = format!(
         "{}&access_token={token}",
@@ -583,7 +601,7 @@ async fn tokens_stay_out_of_the_logs() {
     assert_eq!(open_stream(url, |r| r).await.status, 200);
     assert_eq!(
         publish(
-            &replica,
+            replica,
             Some(&token),
             json!({"channel": "private:1", "data": 1})
         )
@@ -592,13 +610,13 @@ async fn tokens_stay_out_of_the_logs() {
         200
     );
     let refused = publish(
-        &replica,
+        replica,
         Some(&format!("{token}x")),
         json!({"channel": "a", "data": 1}),
     )
     .await;
     assert_eq!(refused.status, 401);
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = logged.text();
     assert!(
         text.contains("published"),
         "the log was written at trace level"
@@ -697,25 +715,16 @@ async fn limits_answer_with_the_error_shape() {
 
 #[tokio::test]
 async fn without_a_key_auth_is_off_and_the_start_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("replica.log");
-    let policies = policies();
-    let replica = Replica::start_logged(
-        "a",
-        None,
-        &["--policies", policies.path().to_str().unwrap()],
-        &[],
-        Some(&log),
-    )
-    .await;
-    let text = std::fs::read_to_string(&log).unwrap();
+    let logged = Logged::start(&[], &[]).await;
+    let replica = &logged.replica;
+    let text = logged.text();
     assert!(
         text.contains("auth is off, publishing is open"),
         "no warning at start: {text}"
     );
     // Publishing is open, and so is a channel whose policy asks for tokens.
     assert_eq!(
-        publish(&replica, None, json!({"channel": "game:1", "data": 1}))
+        publish(replica, None, json!({"channel": "game:1", "data": 1}))
             .await
             .status,
         200

@@ -3,29 +3,17 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
 fn bench(replica: &Replica, args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_sseplane"))
-        .arg("bench")
-        .args(args)
-        .args([
-            "--sub-url",
-            &format!("{}/v1/stream?channel={{channel}}", replica.url("")),
-        ])
-        .args(["--pub-url", &replica.url("/v1/publish")])
-        .args(["--pid", &replica.pid().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
+    let sub_url = format!("{}/v1/stream?channel={{channel}}", replica.url(""));
+    let pub_url = replica.url("/v1/publish");
+    let pid = replica.pid().to_string();
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend(["--sub-url", &sub_url, "--pub-url", &pub_url, "--pid", &pid]);
+    let stdout = sseplane_stdout(&all);
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
@@ -83,17 +71,14 @@ async fn each_mode_counts_what_was_sent() {
     assert!(idle["server_rss_kib_after"].as_u64().unwrap() > 0);
 
     // Only loopback targets are accepted.
-    let refused = Command::new(env!("CARGO_BIN_EXE_sseplane"))
-        .args([
-            "bench",
-            "idle",
-            "--subscribers",
-            "1",
-            "--sub-url",
-            "http://192.0.2.1:80/x",
-        ])
-        .output()
-        .unwrap();
+    let refused = run_sseplane(&[
+        "bench",
+        "idle",
+        "--subscribers",
+        "1",
+        "--sub-url",
+        "http://192.0.2.1:80/x",
+    ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("loopback"));
 }

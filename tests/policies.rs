@@ -31,12 +31,7 @@ fn policy_yaml(name: &str, spec: &str) -> String {
 
 #[test]
 fn committed_crds_match_the_types() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sseplane"))
-        .arg("crd")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let generated = String::from_utf8(output.stdout).unwrap();
+    let generated = sseplane_stdout(&["crd"]);
     assert!(generated.contains("kind: CustomResourceDefinition"));
     for copy in CRD_COPIES {
         let committed = std::fs::read_to_string(repo(copy)).unwrap_or_default();
@@ -401,17 +396,14 @@ async fn invalid_policies_are_ignored_and_reported() {
         "zz-broken.yaml",
         "kind: ChannelPolicy\nspec: [\n",
     );
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sseplane"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--policies",
-            dir.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let output = run_sseplane(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--policies",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("zz-broken.yaml"));
 }

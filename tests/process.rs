@@ -53,25 +53,17 @@ async fn publish_and_watch_from_a_terminal() {
         (replica.diagnostics("").await["totalLocalSubscribers"] == 1).then_some(())
     })
     .await;
-    let output = Command::new(env!("CARGO_BIN_EXE_sseplane"))
-        .args([
-            "publish",
-            "--url",
-            &replica.url(""),
-            "--channel",
-            "demo",
-            "--event",
-            "greeting",
-        ])
-        .args(["--data", r#"{"hello": "world"}"#])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed = String::from_utf8(output.stdout).unwrap();
+    let printed = sseplane_stdout(&[
+        "publish",
+        "--url",
+        &replica.url(""),
+        "--channel",
+        "demo",
+        "--event",
+        "greeting",
+        "--data",
+        r#"{"hello": "world"}"#,
+    ]);
     let (channel, id) = printed.trim().split_once(' ').unwrap();
     assert_eq!(channel, "demo");
     let stdout = watch.stdout.take().unwrap();
@@ -87,18 +79,15 @@ async fn publish_and_watch_from_a_terminal() {
     let _ = watch.kill();
     let _ = watch.wait();
 
-    let refused = Command::new(env!("CARGO_BIN_EXE_sseplane"))
-        .args([
-            "publish",
-            "--url",
-            &replica.url(""),
-            "--channel",
-            "bad channel",
-            "--data",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let refused = run_sseplane(&[
+        "publish",
+        "--url",
+        &replica.url(""),
+        "--channel",
+        "bad channel",
+        "--data",
+        "1",
+    ]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("400"));
 }

@@ -30,20 +30,29 @@ impl Credentials {
     }
 }
 
+/// The token of an `Authorization: Bearer` header, if the request has one.
+pub fn bearer(headers: &HeaderMap) -> Credentials {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Credentials::None;
+    };
+    let Ok(value) = value.to_str() else {
+        return Credentials::Malformed("the Authorization header is not text");
+    };
+    let mut parts = value.trim().splitn(2, ' ');
+    let scheme = parts.next().unwrap_or("");
+    let token = parts.next().unwrap_or("").trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Credentials::Malformed("send the token as Authorization: Bearer <token>");
+    }
+    Credentials::Token(token.to_owned())
+}
+
 /// Finds the token of a request: header, then cookie `cookie_name`, then the
 /// `access_token` parameter of `query`.
 pub fn credentials(headers: &HeaderMap, query: Option<&str>, cookie_name: &str) -> Credentials {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let Ok(value) = value.to_str() else {
-            return Credentials::Malformed("the Authorization header is not text");
-        };
-        let mut parts = value.trim().splitn(2, ' ');
-        let scheme = parts.next().unwrap_or("");
-        let token = parts.next().unwrap_or("").trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-            return Credentials::Malformed("send the token as Authorization: Bearer <token>");
-        }
-        return Credentials::Token(token.to_owned());
+    let bearer = bearer(headers);
+    if bearer != Credentials::None {
+        return bearer;
     }
     for value in headers.get_all(header::COOKIE) {
         let Ok(value) = value.to_str() else { continue };

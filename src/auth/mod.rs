@@ -6,6 +6,7 @@
 pub mod credentials;
 pub mod keys;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -16,6 +17,7 @@ pub use credentials::{credentials, Credentials};
 pub use keys::{KeyRing, KeySource};
 
 use crate::policy::compile::CompiledPattern;
+use crate::policy::EffectivePolicy;
 
 /// What a token may do on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,14 @@ pub enum Action {
 }
 
 impl Action {
+    /// True when `policy` asks for a token for this action.
+    fn required_by(self, policy: &EffectivePolicy) -> bool {
+        match self {
+            Action::Subscribe => policy.auth.subscribe,
+            Action::Publish => policy.auth.publish,
+        }
+    }
+
     fn verb(self) -> &'static str {
         match self {
             Action::Subscribe => "subscribe to",
@@ -143,7 +153,7 @@ impl Default for TokenRules {
 #[derive(Clone, Default)]
 pub struct Authenticator {
     keys: KeyRing,
-    rules: std::sync::Arc<TokenRules>,
+    rules: Arc<TokenRules>,
 }
 
 impl Authenticator {
@@ -151,7 +161,7 @@ impl Authenticator {
     pub fn new(keys: KeyRing, rules: TokenRules) -> Authenticator {
         Authenticator {
             keys,
-            rules: std::sync::Arc::new(rules),
+            rules: Arc::new(rules),
         }
     }
 
@@ -245,28 +255,38 @@ impl Authenticator {
         })
     }
 
-    /// Checks that `token` allows `action` on every channel of `needing` (the
-    /// channels whose policy asks for a token). `Ok(None)` when nothing needs
-    /// a token or auth is off; the grants otherwise (a stream ends when they
-    /// expire).
+    /// Checks that `token` allows `action` on every channel whose policy asks
+    /// for a token for it (`policies[i]` is the policy of `channels[i]`).
+    /// `Ok(None)` when nothing needs a token or auth is off; the grants
+    /// otherwise (a stream ends when they expire).
     pub fn authorize(
         &self,
         token: Option<&str>,
         action: Action,
-        needing: &[&str],
+        channels: &[impl AsRef<str>],
+        policies: &[Arc<EffectivePolicy>],
     ) -> Result<Option<Grants>, AuthError> {
-        if !self.is_enabled() || needing.is_empty() {
+        if !self.is_enabled() {
             return Ok(None);
         }
+        let mut needing = channels
+            .iter()
+            .map(AsRef::as_ref)
+            .zip(policies)
+            .filter(|(_, policy)| action.required_by(policy))
+            .map(|(channel, _)| channel)
+            .peekable();
+        let Some(first) = needing.peek() else {
+            return Ok(None);
+        };
         let Some(token) = token else {
             return Err(AuthError::Missing(format!(
-                "{} channel {:?}",
-                action.verb(),
-                needing[0]
+                "{} channel {first:?}",
+                action.verb()
             )));
         };
         let grants = self.verify(token)?;
-        if let Some(channel) = needing.iter().find(|c| !grants.allows(action, c)) {
+        if let Some(channel) = needing.find(|c| !grants.allows(action, c)) {
             return Err(AuthError::Forbidden(format!(
                 "the token does not allow to {} channel {channel:?}",
                 action.verb()

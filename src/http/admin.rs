@@ -20,25 +20,18 @@ pub async fn require_admin_token(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    use crate::auth::{AuthError, Credentials};
     use subtle::ConstantTimeEq;
     let Some(expected) = &state.admin_token else {
         return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let error = match given {
-        Some(given) if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
+    let error = match crate::auth::credentials::bearer(request.headers()) {
+        Credentials::Token(given) if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
             return next.run(request).await
         }
-        Some(_) => crate::auth::AuthError::Invalid("not the admin token".to_owned()),
-        None => crate::auth::AuthError::Missing("use the admin API".to_owned()),
+        Credentials::Token(_) => AuthError::Invalid("not the admin token".to_owned()),
+        Credentials::Malformed(why) => AuthError::Invalid(why.to_owned()),
+        Credentials::None => AuthError::Missing("use the admin API".to_owned()),
     };
     ApiError::from(error).into_response()
 }

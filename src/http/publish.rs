@@ -267,15 +267,9 @@ pub async fn publish(
     }
     let body = event_body(request.event, request.data, &headers)?;
     let policies: Vec<_> = channels.iter().map(|c| state.policies.resolve(c)).collect();
-    let needing: Vec<&str> = channels
-        .iter()
-        .zip(&policies)
-        .filter(|(_, policy)| policy.auth.publish)
-        .map(|(channel, _)| channel.as_str())
-        .collect();
     state
         .auth
-        .authorize(token.as_deref(), Action::Publish, &needing)?;
+        .authorize(token.as_deref(), Action::Publish, &channels, &policies)?;
     for (channel, policy) in channels.iter().zip(&policies) {
         enforce(channel, policy, bytes.len(), &body)?;
     }

@@ -185,18 +185,13 @@ pub async fn open(
     };
     let policies = state.policies.resolve_all(&request.channels);
     let stream_policy = StreamPolicy::of(&policies);
-    // Every channel whose policy asks for a token must be covered by it.
-    let needing: Vec<&str> = request
-        .channels
-        .iter()
-        .zip(&policies)
-        .filter(|(_, policy)| policy.auth.subscribe)
-        .map(|(channel, _)| &**channel)
-        .collect();
     let token = state.credentials(headers, query)?;
-    let grants = state
-        .auth
-        .authorize(token.as_deref(), Action::Subscribe, &needing)?;
+    let grants = state.auth.authorize(
+        token.as_deref(),
+        Action::Subscribe,
+        &request.channels,
+        &policies,
+    )?;
     let permit = state.streams.admit(client)?;
 
     let backplane = state.hub.backplane().clone();

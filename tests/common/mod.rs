@@ -282,6 +282,26 @@ impl Drop for Replica {
     }
 }
 
+/// Runs the `sseplane` binary with `args` to completion.
+pub fn run_sseplane(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sseplane"))
+        .args(args)
+        .output()
+        .expect("run sseplane")
+}
+
+/// Runs the `sseplane` binary with `args`, asserting success; its stdout.
+pub fn sseplane_stdout(args: &[&str]) -> String {
+    let output = run_sseplane(args);
+    assert!(
+        output.status.success(),
+        "sseplane {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
 /// POSTs JSON `body` to `url`; the status and the JSON answer.
 pub async fn post_json(url: &str, body: &Value) -> (u16, Value) {
     post_json_with(url, body, None).await
