@@ -165,7 +165,7 @@ async fn one_trace_follows_an_event_to_every_replica() {
     on_r1.next_event().await;
 
     let spans = wait_for(
-        "the publish and two deliveries in one trace",
+        "the request, the publish and two deliveries in one trace",
         WAIT,
         || async {
             let spans = collector.trace(trace_id);
@@ -173,8 +173,11 @@ async fn one_trace_follows_an_event_to_every_replica() {
                 .iter()
                 .filter(|s| s.name == "sseplane.deliver")
                 .count();
+            // The request span ends last (after the answer is written), so
+            // it may come in a later export batch than its children.
             let publish = spans.iter().any(|s| s.name == "backplane.publish");
-            (publish && deliveries == 2).then_some(spans)
+            let request = spans.iter().any(|s| s.name == "POST /v1/publish");
+            (publish && request && deliveries == 2).then_some(spans)
         },
     )
     .await;
