@@ -6,6 +6,7 @@
 #
 #   bench/compare.sh                 # full run (about 2 minutes)
 #   DURATION=3s IDLE=2000 bench/compare.sh   # a quicker one
+#   ONLY=fanout-2000x100 bench/compare.sh     # one workload (names as in the table)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -70,6 +71,7 @@ nchan_args() {
 
 workload() {
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then return; fi
   for system in sseplane nchan; do
     local args
     if [ "$system" = sseplane ]; then args=$(sse_args); else args=$(nchan_args); fi

@@ -76,7 +76,15 @@ pub struct Hub {
     // Handles looked up once: the per-event path only adds to them.
     delivered: metrics::Counter,
     lag: metrics::Histogram,
+    /// Parked queues with deliveries since the last [`EventSink::flush`].
+    to_flush: Mutex<Vec<Arc<Connection>>>,
 }
+
+/// A batch reaching more parked streams than this is written by the streams'
+/// tasks rather than by the hub: spread over the runtime's threads, interleaved
+/// with other work (publishes), and coalescing the events of a busy stream.
+/// Small batches are written at once, without waking a task per stream.
+const FLUSH_LIMIT: usize = 64;
 
 /// A channel refused a new stream because it has its most subscribers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +130,7 @@ impl Hub {
             dropped_events: AtomicU64::new(0),
             delivered: metrics::counter!(crate::metrics::EVENTS_DELIVERED),
             lag: metrics::histogram!(crate::metrics::DELIVER_LAG),
+            to_flush: Mutex::new(Vec::new()),
         })
     }
 
@@ -255,15 +264,27 @@ impl Hub {
 
     /// Queues `frame` to every subscriber, cutting off those whose queue is full.
     fn fan_out(&self, subscribers: &mut Vec<Subscriber>, frame: &Arc<Frame>) {
-        subscribers.retain(|s| self.offer(&s.connection, s.index, frame));
+        let mut to_flush = self.to_flush.lock().expect("hub lock");
+        subscribers.retain(|s| self.offer(&s.connection, s.index, frame, &mut to_flush));
     }
 
-    /// Queues one delivery; false when the connection is gone or was cut off.
-    fn offer(&self, connection: &Connection, index: u16, frame: &Arc<Frame>) -> bool {
-        match connection.queue.push(Delivery {
+    /// Queues one delivery (listing a parked queue for the next flush); false
+    /// when the connection is gone or was cut off.
+    fn offer(
+        &self,
+        connection: &Arc<Connection>,
+        index: u16,
+        frame: &Arc<Frame>,
+        to_flush: &mut Vec<Arc<Connection>>,
+    ) -> bool {
+        let (offer, list) = connection.queue.push(Delivery {
             index,
             frame: frame.clone(),
-        }) {
+        });
+        if list {
+            to_flush.push(connection.clone());
+        }
+        match offer {
             Offer::Queued => true,
             Offer::DroppedOldest => {
                 self.dropped_events.fetch_add(1, Ordering::Relaxed);
@@ -370,8 +391,32 @@ impl EventSink for Hub {
             .values()
             .cloned()
             .collect();
+        let mut to_flush = self.to_flush.lock().expect("hub lock");
         for connection in connections {
-            self.offer(&connection, NO_CHANNEL, &frame);
+            self.offer(&connection, NO_CHANNEL, &frame, &mut to_flush);
+        }
+    }
+
+    fn flush(&self) {
+        let mut batch = std::mem::take(&mut *self.to_flush.lock().expect("hub lock"));
+        if batch.is_empty() {
+            return;
+        }
+        if batch.len() > FLUSH_LIMIT {
+            for connection in &batch {
+                connection.queue.hand_over();
+            }
+        } else {
+            let now = tokio::time::Instant::now();
+            for connection in &batch {
+                connection.queue.flush(now);
+            }
+        }
+        batch.clear();
+        // Keep the allocation for the next batch.
+        let mut list = self.to_flush.lock().expect("hub lock");
+        if list.is_empty() {
+            *list = batch;
         }
     }
 

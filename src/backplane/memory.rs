@@ -83,6 +83,9 @@ impl Backplane for MemoryBackplane {
             }
             positions.push(position);
         }
+        if let Some(sink) = self.sink.get() {
+            sink.flush();
+        }
         Box::pin(future::ready(Ok(positions)))
     }
 
@@ -92,6 +95,7 @@ impl Backplane for MemoryBackplane {
     ) -> BoxFuture<'a, Result<usize, BackplaneError>> {
         if let Some(sink) = self.sink.get() {
             sink.deliver_broadcast(body);
+            sink.flush();
         }
         Box::pin(future::ready(Ok(1)))
     }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncCommands, Client, Msg, Script};
@@ -39,6 +39,8 @@ const REPLICA_EXPIRY: Duration = Duration::from_secs(15);
 const MIN_KEY_TTL_MS: u64 = 3_600_000;
 /// Most channels named in one SUBSCRIBE.
 const SUBSCRIBE_BATCH: usize = 512;
+/// Most received messages delivered before the parked streams are flushed.
+const MESSAGE_BATCH: usize = 256;
 
 const PUBLISH_SCRIPT: &str = r"
 local min_ttl = tonumber(ARGV[1])
@@ -506,6 +508,7 @@ impl Subscriber {
         for (position, body) in &history.events {
             self.sink.deliver(channel, *position, body);
         }
+        self.sink.flush();
         Ok(())
     }
 
@@ -519,7 +522,26 @@ impl Subscriber {
         loop {
             tokio::select! {
                 message = stream.next() => match message {
-                    Some(message) => self.on_message(&message),
+                    Some(message) => {
+                        self.on_message(&message);
+                        // Everything that arrived together is one batch: a
+                        // stream gets its events of the batch in one write.
+                        let mut ended = false;
+                        for _ in 1..MESSAGE_BATCH {
+                            match stream.next().now_or_never() {
+                                Some(Some(message)) => self.on_message(&message),
+                                Some(None) => {
+                                    ended = true;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        self.sink.flush();
+                        if ended {
+                            return;
+                        }
+                    }
                     None => return,
                 },
                 command = commands.recv() => {

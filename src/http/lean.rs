@@ -262,28 +262,37 @@ impl Connection {
         let Some(mut events) = Box::pin(self.open_stream(&mut tcp, head)).await else {
             return;
         };
+        // The socket is shared with the stream's queue: while the task waits,
+        // the hub writes events to it directly.
+        let tcp = std::sync::Arc::new(tcp);
+        events.attach_socket(tcp.clone());
         // Watch the read side too: a client that closes its end is noticed at
         // once rather than at the next write (hyper does the same).
-        let (mut reader, mut writer) = tcp.split();
         let mut probe = [0u8; 64];
         loop {
             tokio::select! {
                 chunk = events.next() => match chunk {
                     Some(Ok(chunk)) => {
-                        if writer.write_all(&chunk).await.is_err() {
+                        if write_all(&tcp, &chunk).await.is_err() {
                             return;
                         }
                     }
                     _ => break,
                 },
-                read = reader.read(&mut probe) => match read {
-                    Ok(0) | Err(_) => return,
+                readable = tcp.readable() => match readable.and_then(|()| tcp.try_read(&mut probe)) {
+                    Ok(0) => return,
                     // Bytes after the request (a pipelined request) are ignored.
                     Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
                 },
             }
         }
-        let _ = writer.shutdown().await;
+        // Closing the stream lets go of the queue's handle on the socket.
+        drop(events);
+        if let Ok(mut tcp) = std::sync::Arc::try_unwrap(tcp) {
+            let _ = tcp.shutdown().await;
+        }
     }
 
     /// Opens the stream and writes the response head; `None` when the request
@@ -337,6 +346,21 @@ impl Connection {
         tcp.write_all(response.as_bytes()).await.ok()?;
         Some(events)
     }
+}
+
+/// Writes all of `bytes` to a socket shared with the stream's queue (which
+/// writes only while the task waits for events, never during this).
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A JSON error response, closing the connection.

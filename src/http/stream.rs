@@ -24,8 +24,9 @@ use super::limits::{ClientAddr, StreamPermit};
 use super::{AppState, REPLICA_HEADER};
 use crate::auth::Action;
 use crate::event::{validate_channel, Frame, Position};
-use crate::hub::{Delivery, StreamLimits, Subscription, NO_CHANNEL};
+use crate::hub::{StreamLimits, Subscription};
 use crate::policy::{EffectivePolicy, PolicyStore, SlowConsumerAction};
+use crate::queue::StreamWriter;
 use crate::sse::{gap_frame, retry_line, token_expired_frame, StreamIds, KEEPALIVE};
 
 /// How long a new stream waits for its channels to go live on the backplane.
@@ -230,7 +231,7 @@ pub async fn open(
             ))
         }
     };
-    let mut writer = StreamWriter { ids, cursors: live };
+    let mut writer = StreamWriter::new(ids, live);
     let mut initial: VecDeque<Bytes> = VecDeque::new();
     initial.push_back(retry_line(stream_policy.retry));
     if let Some(resume) = resume {
@@ -241,13 +242,13 @@ pub async fn open(
             sseplane.replayed = tracing::field::Empty,
             sseplane.gaps = tracing::field::Empty,
         );
-        writer.cursors = resume;
+        *writer.cursors_mut() = resume;
         let mut gaps: Vec<&str> = Vec::new();
         let mut replay: Vec<Bytes> = Vec::new();
         let mut replayed = 0u64;
         for (index, channel) in request.channels.iter().enumerate() {
             let retention = policies[index].history;
-            let after = writer.cursors[index];
+            let after = writer.cursors_mut()[index];
             let limit = if retention.keeps_history() {
                 retention.max_events as usize
             } else {
@@ -266,13 +267,12 @@ pub async fn open(
             };
             if lost {
                 gaps.push(channel);
-                writer.cursors[index] = writer.cursors[index].min(history.last);
+                let cursor = &mut writer.cursors_mut()[index];
+                *cursor = (*cursor).min(history.last);
             }
             for (position, body) in &history.events {
                 let frame = Frame::new(Some(*position), body);
-                let chunks = writer.write(index as u16, &frame);
-                replayed += u64::from(!chunks.is_empty());
-                replay.extend(chunks);
+                replayed += u64::from(writer.write(index as u16, &frame, &mut replay));
             }
         }
         if !gaps.is_empty() {
@@ -284,6 +284,7 @@ pub async fn open(
         initial.extend(replay);
     }
 
+    subscription.queue().open(writer);
     let changes = state.policies.changes();
     let expiry = grants
         .and_then(|g| g.time_left())
@@ -293,9 +294,7 @@ pub async fn open(
         closing: false,
         _permit: permit,
         pending: initial,
-        taken: VecDeque::new(),
         lossy: Vec::new(),
-        writer,
         keepalive_every: stream_policy.keepalive,
         last_sent: Instant::now(),
         keepalive: Box::pin(tokio::time::sleep(stream_policy.keepalive)),
@@ -306,33 +305,6 @@ pub async fn open(
         subscription,
     };
     Ok(events)
-}
-
-/// Turns deliveries into the bytes of one stream, keeping its position on each
-/// channel: positions at or before it are duplicates and skipped.
-struct StreamWriter {
-    ids: StreamIds,
-    cursors: Vec<Position>,
-}
-
-impl StreamWriter {
-    /// The chunks to write for `frame` on channel `index` (none for a duplicate).
-    fn write(&mut self, index: u16, frame: &Frame) -> Vec<Bytes> {
-        let Some(position) = frame.position.filter(|_| index != NO_CHANNEL) else {
-            return vec![frame.bytes.clone()];
-        };
-        let cursor = &mut self.cursors[index as usize];
-        if position <= *cursor {
-            return Vec::new();
-        }
-        *cursor = position;
-        if !self.ids.is_multi() {
-            // One channel: the id line framed with the event is already right.
-            return vec![frame.bytes.clone()];
-        }
-        let id_line = format!("id: {}\n", self.ids.encode(&self.cursors));
-        vec![Bytes::from(id_line), frame.body()]
-    }
 }
 
 /// Most bytes joined into one write.
@@ -380,9 +352,7 @@ pub struct EventStream {
     closing: bool,
     _permit: StreamPermit,
     pending: VecDeque<Bytes>,
-    taken: VecDeque<Delivery>,
     lossy: Vec<u16>,
-    writer: StreamWriter,
     keepalive_every: Duration,
     last_sent: Instant,
     keepalive: Pin<Box<Sleep>>,
@@ -394,6 +364,12 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// The stream has `socket` to itself (the lean HTTP/1 path): while it waits
+    /// for events, the hub writes them to the socket directly.
+    pub fn attach_socket(&self, socket: Arc<tokio::net::TcpStream>) {
+        self.subscription.queue().attach_socket(socket);
+    }
+
     /// Hands a chunk to the writer. The keepalive timer is not moved here (that
     /// would cost a timer update per event): it checks `last_sent` when it fires.
     fn sent(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
@@ -421,6 +397,10 @@ impl Stream for EventStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // Whatever woke the task, it writes from here on (the hub stops).
+        if let Some(at) = this.subscription.queue().resume(&mut this.pending) {
+            this.last_sent = this.last_sent.max(at);
+        }
         if let Poll::Ready(changes) = this.policy_changed.poll(cx) {
             this.policy_changed.set(next_change(changes));
             this.apply_policies();
@@ -447,26 +427,20 @@ impl Stream for EventStream {
             if this.shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            if !this.taken.is_empty() {
-                while let Some(delivery) = this.taken.pop_front() {
-                    let chunks = this.writer.write(delivery.index, &delivery.frame);
-                    this.pending.extend(chunks);
-                }
-                continue;
-            }
             match this
                 .subscription
                 .queue()
-                .poll_take(cx, &mut this.taken, &mut this.lossy)
+                .poll_take(cx, &mut this.pending, &mut this.lossy)
             {
                 Poll::Ready(Ok(())) => {
                     if !this.lossy.is_empty() {
+                        // The notice goes before the events that follow the loss.
                         let names: Vec<&str> = this
                             .lossy
                             .drain(..)
                             .map(|i| &*this.channels[i as usize])
                             .collect();
-                        this.pending.push_back(gap_frame(&names));
+                        this.pending.push_front(gap_frame(&names));
                     }
                 }
                 Poll::Ready(Err(_cut_off)) => return Poll::Ready(None),
@@ -486,6 +460,9 @@ impl Stream for EventStream {
             }
             this.keepalive.as_mut().reset(due);
         }
+        // Nothing left to write: until the task wakes again, the hub writes
+        // events to the socket itself (when the stream has one).
+        this.subscription.queue().park();
         Poll::Pending
     }
 }
