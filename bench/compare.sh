@@ -86,6 +86,7 @@ r = json.loads(sys.stdin.read()); r['workload'] = '$name'; print(json.dumps(r))"
 workload latency-100x1000 latency --subscribers 100 --rate 1000 --duration "$DURATION"
 workload fanout-2000x1 fanout --subscribers 2000 --channels 1 --duration "$DURATION"
 workload fanout-2000x100 fanout --subscribers 2000 --channels 100 --duration "$DURATION"
+workload publish-64x100 fanout --subscribers 100 --channels 100 --publishers 64 --duration "$DURATION"
 workload idle-$IDLE idle --subscribers "$IDLE" --hold 5s
 
 python3 "$ROOT/bench/table.py" "$OUT"

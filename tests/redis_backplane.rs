@@ -301,3 +301,36 @@ async fn cluster_diagnostics_list_live_replicas_only() {
     )
     .await;
 }
+
+/// Publishes that arrive together share one Redis write (pipelined); each is
+/// still its own atomic step with its own id, and none is lost or reordered
+/// against its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_are_pipelined_and_each_answered() {
+    let redis = Redis::start().await;
+    let r0 = Replica::start("r0", Some(&redis), &[]).await;
+    let r1 = Replica::start("r1", Some(&redis), &[]).await;
+    let mut subscriber = Subscriber::connect(vec![r0.stream_url(&["burst"])], None).await;
+    let publishes = (0..64u64).map(|n| {
+        let r1 = &r1;
+        async move { (n, publish(r1, "burst", json!({"n": n})).await) }
+    });
+    let answered = futures_util::future::join_all(publishes).await;
+    let events = subscriber.take(64).await;
+    // Every answer's id is the id the event was delivered with, ids are
+    // distinct, and delivery is in id order.
+    let delivered: Vec<(u64, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                data(e)["n"].as_u64().unwrap(),
+                e.id.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut by_position = answered.clone();
+    by_position.sort_by_key(|(_, id)| id.parse::<sseplane::event::Position>().unwrap());
+    by_position.dedup_by(|a, b| a.1 == b.1);
+    assert_eq!(by_position.len(), 64, "ids are distinct");
+    assert_eq!(delivered, by_position);
+}

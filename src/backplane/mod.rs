@@ -5,6 +5,7 @@
 //! hand received events to an [`EventSink`] (the hub), in id order per channel.
 
 pub mod memory;
+mod pipeline;
 pub mod redis;
 
 use std::sync::Arc;

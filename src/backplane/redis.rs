@@ -22,6 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncCommands, Client, Msg, Script};
 use tokio::sync::{mpsc, oneshot};
 
+use super::pipeline::ScriptPipeline;
 use super::{
     rfc3339_ms, Backplane, BackplaneError, Check, EventSink, Health, History, PublishItem,
     ReplicaReport,
@@ -133,7 +134,7 @@ pub struct RedisBackplane {
     conn: ConnectionManager,
     keys: Keys,
     replica_id: String,
-    publish_script: Script,
+    publish: ScriptPipeline,
     history_script: Script,
     state: Arc<State>,
     commands: mpsc::UnboundedSender<PubSubCommand>,
@@ -155,6 +156,7 @@ impl RedisBackplane {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let publish = ScriptPipeline::new(conn.clone(), Script::new(PUBLISH_SCRIPT));
         let (commands, command_rx) = mpsc::unbounded_channel();
         Ok(RedisBackplane {
             client,
@@ -163,7 +165,7 @@ impl RedisBackplane {
                 prefix: prefix.to_owned(),
             },
             replica_id: replica_id.to_owned(),
-            publish_script: Script::new(PUBLISH_SCRIPT),
+            publish,
             history_script: Script::new(HISTORY_SCRIPT),
             state: Arc::new(State {
                 redis: Mutex::new(Check::fail("not checked yet")),
@@ -237,8 +239,13 @@ impl Backplane for RedisBackplane {
         items: &'a [PublishItem<'a>],
     ) -> BoxFuture<'a, Result<Vec<Position>, BackplaneError>> {
         Box::pin(async move {
-            let mut invocation = self.publish_script.prepare_invoke();
-            invocation.arg(MIN_KEY_TTL_MS);
+            // EVALSHA sha 2n KEYS… then ARGV: the key TTL, then 4 per item.
+            let mut cmd = self.publish.command(2 * items.len());
+            for item in items {
+                cmd.arg(self.keys.history(item.channel))
+                    .arg(self.keys.last(item.channel));
+            }
+            cmd.arg(MIN_KEY_TTL_MS);
             for item in items {
                 let (max_events, max_age_ms) = if item.retention.keeps_history() {
                     (
@@ -248,16 +255,12 @@ impl Backplane for RedisBackplane {
                 } else {
                     (0, 0)
                 };
-                invocation
-                    .key(self.keys.history(item.channel))
-                    .key(self.keys.last(item.channel))
-                    .arg(self.keys.pubsub(item.channel))
+                cmd.arg(self.keys.pubsub(item.channel))
                     .arg(max_events)
                     .arg(max_age_ms)
                     .arg(item.body.encode());
             }
-            let mut conn = self.conn.clone();
-            let ids: Vec<String> = timed(invocation.invoke_async(&mut conn)).await?;
+            let ids = timed(self.publish.call(cmd)).await?;
             ids.iter().map(|id| parse_position(id)).collect()
         })
     }
