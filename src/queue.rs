@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -167,8 +167,15 @@ impl EventQueue {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("queue lock")
+    }
+
+    /// Gives the socket back to the task and wakes it (after the lock is let go).
+    fn wake_task(&self, mut state: MutexGuard<'_, State>) {
+        state.parked = false;
+        drop(state);
+        self.waker.wake();
     }
 
     /// Changes the limits (a policy changed); applies to the next push.
@@ -200,10 +207,8 @@ impl EventQueue {
         if state.items.len() >= self.capacity.load(Ordering::Relaxed) {
             if !self.drop_oldest.load(Ordering::Relaxed) {
                 state.cut_off = true;
-                state.parked = false;
                 state.items.clear();
-                drop(state);
-                self.waker.wake();
+                self.wake_task(state);
                 return (Offer::CutOff, false);
             }
             if let Some(old) = state.items.pop_front() {
@@ -240,10 +245,7 @@ impl EventQueue {
         }
         if !state.lossy.is_empty() {
             // The gap notice names channels: the task writes it.
-            state.parked = false;
-            drop(state);
-            self.waker.wake();
-            return;
+            return self.wake_task(state);
         }
         let State {
             items,
@@ -251,11 +253,9 @@ impl EventQueue {
             socket,
             ..
         } = &mut *state;
+        // Parking needs both (see `park`).
         let (Some(writer), Some(socket)) = (writer.as_mut(), socket.as_ref()) else {
-            state.parked = false;
-            drop(state);
-            self.waker.wake();
-            return;
+            return self.wake_task(state);
         };
         let mut joined = Joined::Empty;
         for delivery in items.drain(..) {
@@ -274,9 +274,7 @@ impl EventQueue {
         state.last_write = Some(now);
         if rest.is_some() {
             state.unwritten = rest;
-            state.parked = false;
-            drop(state);
-            self.waker.wake();
+            self.wake_task(state);
         }
     }
 
@@ -287,9 +285,7 @@ impl EventQueue {
         let mut state = self.lock();
         state.listed = false;
         if state.parked {
-            state.parked = false;
-            drop(state);
-            self.waker.wake();
+            self.wake_task(state);
         }
     }
 
@@ -449,6 +445,18 @@ mod tests {
         (Arc::new(server), client)
     }
 
+    /// A queue on `server`, its task waiting and parked; counts the task's wake-ups.
+    fn parked(server: Arc<TcpStream>) -> (EventQueue, Arc<Count>, Waker) {
+        let queue = EventQueue::new(8, false);
+        queue.open(writer());
+        queue.attach_socket(server);
+        let task = Arc::new(Count::default());
+        let waker = Waker::from(task.clone());
+        assert_eq!(take_with(&queue, &waker).0, Poll::Pending);
+        assert!(queue.park());
+        (queue, task, waker)
+    }
+
     async fn read_exactly(client: &mut TcpStream, n: usize) -> String {
         let mut buf = vec![0; n];
         client.read_exact(&mut buf).await.unwrap();
@@ -497,13 +505,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_stream_gets_a_batch_in_one_write_without_waking_its_task() {
         let (server, mut client) = socket_pair().await;
-        let queue = EventQueue::new(8, false);
-        queue.open(writer());
-        queue.attach_socket(server);
-        let task = Arc::new(Count::default());
-        let waker = Waker::from(task.clone());
-        assert_eq!(take_with(&queue, &waker).0, Poll::Pending);
-        assert!(queue.park());
+        let (queue, task, _) = parked(server);
 
         // Listed once for the batch, whatever the number of events.
         assert_eq!(queue.push(at(1)), (Offer::Queued, true));
@@ -541,13 +543,7 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        let queue = EventQueue::new(8, false);
-        queue.open(writer());
-        queue.attach_socket(server);
-        let task = Arc::new(Count::default());
-        let waker = Waker::from(task.clone());
-        assert_eq!(take_with(&queue, &waker).0, Poll::Pending);
-        assert!(queue.park());
+        let (queue, task, waker) = parked(server);
         queue.push(at(1));
         queue.flush(Instant::now());
         assert_eq!(task.get(), 1, "the task is woken to write the rest");

@@ -527,19 +527,7 @@ impl Subscriber {
                 message = stream.next() => match message {
                     Some(message) => {
                         self.on_message(&message);
-                        // Everything that arrived together is one batch: a
-                        // stream gets its events of the batch in one write.
-                        let mut ended = false;
-                        for _ in 1..MESSAGE_BATCH {
-                            match stream.next().now_or_never() {
-                                Some(Some(message)) => self.on_message(&message),
-                                Some(None) => {
-                                    ended = true;
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
+                        let ended = self.on_ready_messages(&mut stream);
                         self.sink.flush();
                         if ended {
                             return;
@@ -638,6 +626,20 @@ impl Subscriber {
                 Ok(())
             }
         }
+    }
+
+    /// Delivers the messages that arrived with the one just delivered (up to
+    /// [`MESSAGE_BATCH`]): they are one batch, and a stream gets its events of a
+    /// batch in one write. True when the stream ended.
+    fn on_ready_messages(&self, stream: &mut redis::aio::PubSubStream) -> bool {
+        for _ in 1..MESSAGE_BATCH {
+            match stream.next().now_or_never() {
+                Some(Some(message)) => self.on_message(&message),
+                Some(None) => return true,
+                None => break,
+            }
+        }
+        false
     }
 
     fn on_message(&self, message: &Msg) {
