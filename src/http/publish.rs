@@ -103,13 +103,8 @@ pub struct PublishResponse {
     pub results: Vec<PublishResult>,
 }
 
-/// Checks the content type and reads at most `limit` bytes of body.
-async fn read_json_body(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
+/// Checks that the body is declared JSON and not over `limit` bytes.
+pub(super) fn json_content(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -129,37 +124,52 @@ async fn read_json_body(
             "send the body as Content-Type: application/json",
         ));
     }
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is over the limit of {limit} bytes"),
-        )
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
+    Ok(())
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body is over the limit of {limit} bytes"),
+    )
+}
+
+/// The answer to a body that did not arrive within the allowed time.
+pub(super) fn body_timeout(state: &AppState) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the body did not arrive within {}",
+            humantime::format_duration(state.body_timeout)
+        ),
+    )
+}
+
+/// Checks the content type and reads at most `limit` bytes of body.
+async fn read_json_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    json_content(headers, limit)?;
     let read = tokio::time::timeout(state.body_timeout, to_bytes(body, limit))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the body did not arrive within {}",
-                    humantime::format_duration(state.body_timeout)
-                ),
-            )
-        })?;
+        .map_err(|_| body_timeout(state))?;
     read.map_err(|e| {
         let over = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if over {
-            too_large()
+            too_large(limit)
         } else {
             ApiError::bad_request("bad_body", format!("could not read the body: {e}"))
         }
@@ -231,7 +241,20 @@ pub async fn publish(
 ) -> Result<Json<PublishResponse>, ApiError> {
     let token = state.credentials(&headers, query.as_deref())?;
     let bytes = read_json_body(&state, &headers, body, state.policies.max_payload_bytes()).await?;
-    let request: PublishRequest = parse_json(&bytes)?;
+    publish_body(&state, &headers, token, &bytes)
+        .await
+        .map(Json)
+}
+
+/// Publishes a body that passed [`json_content`], for a caller holding
+/// `token`: everything of `POST /v1/publish` after reading the body.
+pub(super) async fn publish_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: Option<String>,
+    bytes: &[u8],
+) -> Result<PublishResponse, ApiError> {
+    let request: PublishRequest = parse_json(bytes)?;
     let channels = match (request.channel, request.channels) {
         (Some(channel), None) => vec![channel],
         (None, Some(channels)) => {
@@ -265,7 +288,7 @@ pub async fn publish(
             ));
         }
     }
-    let body = event_body(request.event, request.data, &headers)?;
+    let body = event_body(request.event, request.data, headers)?;
     let policies: Vec<_> = channels.iter().map(|c| state.policies.resolve(c)).collect();
     state
         .auth
@@ -344,7 +367,7 @@ pub async fn publish(
             id: position.to_string(),
         })
         .collect();
-    Ok(Json(PublishResponse { results }))
+    Ok(PublishResponse { results })
 }
 
 /// Applies a channel's policy to one event: body size, event type, schema.

@@ -1,4 +1,4 @@
-//! The public listener with a lean HTTP/1 path for streams.
+//! The public listener with a lean HTTP/1 path for streams and publishes.
 //!
 //! hyper keeps about 24 KiB of read and write buffers per connection for as
 //! long as a response lasts; an SSE stream needs neither once its request head
@@ -8,6 +8,11 @@
 //! request goes to hyper and the axum router, together with the bytes already
 //! read. Later requests on a kept-alive hyper connection stay with hyper, which
 //! serves `/v1/stream` through the same [`super::stream::open`].
+//!
+//! Plain `POST /v1/publish` requests are served here too, one after another
+//! on a kept-alive connection ([`publish`]), until one comes that is not.
+
+mod publish;
 
 use std::io;
 use std::pin::Pin;
@@ -142,6 +147,10 @@ struct Connection {
 
 /// A request head, parsed.
 struct Head {
+    /// Its length in bytes (the body starts there).
+    length: usize,
+    /// The HTTP/1 minor version.
+    version: u8,
     method: String,
     path: String,
     query: Option<String>,
@@ -160,15 +169,15 @@ enum BadHead {
 fn parse_head(bytes: &[u8]) -> Option<Result<Head, BadHead>> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut slots);
-    match request.parse(bytes) {
+    let length = match request.parse(bytes) {
         Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
             return Some(Err(BadHead::TooLarge))
         }
-        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return None,
         Err(httparse::Error::TooManyHeaders) => return Some(Err(BadHead::TooLarge)),
         Err(_) => return Some(Err(BadHead::Other)),
-    }
+    };
     let target = request.path.unwrap_or("/");
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
@@ -184,6 +193,8 @@ fn parse_head(bytes: &[u8]) -> Option<Result<Head, BadHead>> {
         }
     }
     Some(Ok(Head {
+        length,
+        version: request.version.unwrap_or(0),
         method: request.method.unwrap_or("").to_owned(),
         path,
         query,
@@ -223,33 +234,47 @@ impl Connection {
                 drop(read);
                 Box::pin(self.stream(tcp, head)).await;
             }
+            Ok(head)
+                if publish::takes(&head, self.shared.state.policies.max_payload_bytes())
+                    .is_some() =>
+            {
+                let ended = Box::pin(publish::serve(&self.shared, tcp, read, head)).await;
+                if let publish::Ended::HandOver(tcp, read) = ended {
+                    self.hyper(tcp, read, watcher).await;
+                }
+            }
             Err(BadHead::TooLarge) => {
-                let error = ApiError::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "headers_too_large",
-                    format!("the request head is over {MAX_HEAD} bytes or {MAX_HEADERS} headers"),
-                );
-                let _ = tcp.write_all(&error_response(&error, &[])).await;
+                let _ = tcp
+                    .write_all(&error_response(&head_too_large(), &[], true))
+                    .await;
                 let _ = tcp.shutdown().await;
             }
             // Everything else (and heads httparse refuses) is hyper's.
-            _ => {
-                let io = TokioIo::new(Prefixed {
-                    prefix: read,
-                    offset: 0,
-                    inner: tcp,
-                });
-                let router =
-                    (self.shared.router.clone()).layer(axum::Extension(ClientAddr(self.client)));
-                let service = TowerToHyperService::new(router);
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEAD_TIMEOUT)
-                    .max_buf_size(MAX_HEAD + 8192)
-                    .serve_connection(io, service);
-                let _ = Box::pin(watcher.watch(connection)).await;
-            }
+            _ => self.hyper(tcp, read, watcher).await,
         }
+    }
+
+    /// Serves the connection with hyper and the router; `read` holds the bytes
+    /// already read from it.
+    async fn hyper(
+        &self,
+        tcp: TcpStream,
+        read: Vec<u8>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let io = TokioIo::new(Prefixed {
+            prefix: read,
+            offset: 0,
+            inner: tcp,
+        });
+        let router = (self.shared.router.clone()).layer(axum::Extension(ClientAddr(self.client)));
+        let service = TowerToHyperService::new(router);
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .max_buf_size(MAX_HEAD + 8192)
+            .serve_connection(io, service);
+        let _ = Box::pin(watcher.watch(connection)).await;
     }
 
     /// Serves one stream on the socket: the head, then the body until it ends
@@ -330,7 +355,7 @@ impl Connection {
         let events = match opened {
             Ok(events) => events,
             Err(error) => {
-                let _ = tcp.write_all(&error_response(&error, &cors)).await;
+                let _ = tcp.write_all(&error_response(&error, &cors, true)).await;
                 let _ = tcp.shutdown().await;
                 return None;
             }
@@ -363,24 +388,52 @@ async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// A JSON error response, closing the connection.
-fn error_response(error: &ApiError, cors: &[(&'static str, String)]) -> Vec<u8> {
-    let body = serde_json::to_string(&error.body()).unwrap_or_default();
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        error.status.as_u16(),
-        error.status.canonical_reason().unwrap_or(""),
-        body.len()
+/// The answer to a request head over the limits.
+fn head_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+        format!("the request head is over {MAX_HEAD} bytes or {MAX_HEADERS} headers"),
+    )
+}
+
+/// A JSON error response; `close` closes the connection after it.
+fn error_response(error: &ApiError, cors: &[(&'static str, String)], close: bool) -> Vec<u8> {
+    let body = serde_json::to_vec(&error.body()).unwrap_or_default();
+    response(error.status, &error.headers(), cors, &body, close)
+}
+
+/// A whole HTTP/1.1 response with a JSON body, as hyper and the router would
+/// write it (`date` included); `close` adds `connection: close`.
+fn response(
+    status: StatusCode,
+    headers: &[(HeaderName, String)],
+    cors: &[(&'static str, String)],
+    json: &[u8],
+    close: bool,
+) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut head = String::with_capacity(256);
+    let _ = write!(
+        head,
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ndate: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        json.len(),
+        httpdate::fmt_http_date(std::time::SystemTime::now()),
     );
-    for (name, value) in error.headers() {
-        head.push_str(&format!("{name}: {value}\r\n"));
+    if close {
+        head.push_str("connection: close\r\n");
+    }
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
     }
     for (name, value) in cors {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(head, "{name}: {value}\r\n");
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
-    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(json);
     out
 }
 
