@@ -202,14 +202,48 @@ fn parse_head(bytes: &[u8]) -> Option<Result<Head, BadHead>> {
     }))
 }
 
+/// Where a connection goes after its first request head. The head is boxed:
+/// this is what the connection's task keeps for as long as it lives.
+enum Route {
+    Stream(TcpStream, Box<Head>),
+    Publish(TcpStream, Vec<u8>, Box<Head>),
+    TooLarge(TcpStream),
+    Hyper(TcpStream, Vec<u8>),
+}
+
 impl Connection {
-    async fn serve(self, mut tcp: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
+    async fn serve(self, tcp: TcpStream, watcher: hyper_util::server::graceful::Watcher) {
         // This future lives as long as the stream, and a future is as large as
         // its largest await: every await here is boxed (freed when it is
-        // done), so the task keeps little more than the socket. The head is
-        // read straight into a heap buffer that is dropped.
+        // done), so the task keeps little more than the socket.
+        let Some(route) = Box::pin(self.route(tcp)).await else {
+            return;
+        };
+        match route {
+            Route::Stream(tcp, head) => Box::pin(self.stream(tcp, *head)).await,
+            Route::Publish(tcp, read, head) => {
+                let ended = Box::pin(publish::serve(&self.shared, tcp, read, *head)).await;
+                if let publish::Ended::HandOver(tcp, read) = ended {
+                    Box::pin(self.hyper(tcp, read, watcher)).await;
+                }
+            }
+            Route::TooLarge(mut tcp) => {
+                let answer = error_response(&head_too_large(), &[], true);
+                Box::pin(async move {
+                    let _ = tcp.write_all(&answer).await;
+                    let _ = tcp.shutdown().await;
+                })
+                .await;
+            }
+            Route::Hyper(tcp, read) => Box::pin(self.hyper(tcp, read, watcher)).await,
+        }
+    }
+
+    /// Reads the first request head (into a heap buffer that a stream drops)
+    /// and picks its route; `None` when the client closed or was too slow.
+    async fn route(&self, mut tcp: TcpStream) -> Option<Route> {
         let mut read = Vec::with_capacity(1024);
-        let head = Box::pin(tokio::time::timeout(HEAD_TIMEOUT, async {
+        let head = tokio::time::timeout(HEAD_TIMEOUT, async {
             loop {
                 read.reserve(1024);
                 let n = tcp.read_buf(&mut read).await.ok()?;
@@ -222,36 +256,21 @@ impl Connection {
                     None => continue,
                 }
             }
-        }))
-        .await;
-        let head = match head {
-            Ok(Some(head)) => head,
-            // Closed, or too slow: nothing to answer.
-            Ok(None) | Err(_) => return,
-        };
-        match head {
+        })
+        .await
+        .ok()??;
+        let limit = self.shared.state.policies.max_payload_bytes();
+        Some(match head {
             Ok(head) if head.method == "GET" && head.path == "/v1/stream" => {
-                drop(read);
-                Box::pin(self.stream(tcp, head)).await;
+                Route::Stream(tcp, Box::new(head))
             }
-            Ok(head)
-                if publish::takes(&head, self.shared.state.policies.max_payload_bytes())
-                    .is_some() =>
-            {
-                let ended = Box::pin(publish::serve(&self.shared, tcp, read, head)).await;
-                if let publish::Ended::HandOver(tcp, read) = ended {
-                    self.hyper(tcp, read, watcher).await;
-                }
+            Ok(head) if publish::takes(&head, limit).is_some() => {
+                Route::Publish(tcp, read, Box::new(head))
             }
-            Err(BadHead::TooLarge) => {
-                let _ = tcp
-                    .write_all(&error_response(&head_too_large(), &[], true))
-                    .await;
-                let _ = tcp.shutdown().await;
-            }
+            Err(BadHead::TooLarge) => Route::TooLarge(tcp),
             // Everything else (and heads httparse refuses) is hyper's.
-            _ => self.hyper(tcp, read, watcher).await,
-        }
+            _ => Route::Hyper(tcp, read),
+        })
     }
 
     /// Serves the connection with hyper and the router; `read` holds the bytes
