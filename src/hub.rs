@@ -80,10 +80,12 @@ pub struct Hub {
     to_flush: Mutex<Vec<Arc<Connection>>>,
 }
 
-/// A batch reaching more parked streams than this is written by the streams'
-/// tasks rather than by the hub: spread over the runtime's threads, interleaved
-/// with other work (publishes), and coalescing the events of a busy stream.
-/// Small batches are written at once, without waking a task per stream.
+/// An event reaching more parked streams than this (a wide channel, a
+/// broadcast) is written by the streams' tasks rather than by the hub: spread
+/// over the runtime's threads, interleaved with other work (publishes), and
+/// coalescing the events of a busy stream. Events of narrower channels are
+/// written by the hub at the end of the batch, without waking a task per
+/// stream: their streams get one event per batch, with nothing to coalesce.
 const FLUSH_LIMIT: usize = 64;
 
 /// A channel refused a new stream because it has its most subscribers.
@@ -265,7 +267,15 @@ impl Hub {
     /// Queues `frame` to every subscriber, cutting off those whose queue is full.
     fn fan_out(&self, subscribers: &mut Vec<Subscriber>, frame: &Arc<Frame>) {
         let mut to_flush = self.to_flush.lock().expect("hub lock");
+        let listed_before = to_flush.len();
         subscribers.retain(|s| self.offer(&s.connection, s.index, frame, &mut to_flush));
+        if to_flush.len() - listed_before > FLUSH_LIMIT {
+            let wide = to_flush.split_off(listed_before);
+            drop(to_flush);
+            for connection in wide {
+                connection.queue.hand_over();
+            }
+        }
     }
 
     /// Queues one delivery (listing a parked queue for the next flush); false
@@ -391,9 +401,16 @@ impl EventSink for Hub {
             .values()
             .cloned()
             .collect();
-        let mut to_flush = self.to_flush.lock().expect("hub lock");
+        let mut listed = Vec::new();
         for connection in connections {
-            self.offer(&connection, NO_CHANNEL, &frame, &mut to_flush);
+            self.offer(&connection, NO_CHANNEL, &frame, &mut listed);
+        }
+        if listed.len() > FLUSH_LIMIT {
+            for connection in listed {
+                connection.queue.hand_over();
+            }
+        } else {
+            self.to_flush.lock().expect("hub lock").append(&mut listed);
         }
     }
 
@@ -402,17 +419,10 @@ impl EventSink for Hub {
         if batch.is_empty() {
             return;
         }
-        if batch.len() > FLUSH_LIMIT {
-            for connection in &batch {
-                connection.queue.hand_over();
-            }
-        } else {
-            let now = tokio::time::Instant::now();
-            for connection in &batch {
-                connection.queue.flush(now);
-            }
+        let now = tokio::time::Instant::now();
+        for connection in batch.drain(..) {
+            connection.queue.flush(now);
         }
-        batch.clear();
         // Keep the allocation for the next batch.
         let mut list = self.to_flush.lock().expect("hub lock");
         if list.is_empty() {

@@ -82,3 +82,32 @@ async fn each_mode_counts_what_was_sent() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("loopback"));
 }
+
+/// Streams idle between events are written by the hub for narrow channels and
+/// by their own tasks for a channel wider than the hub's flush limit (64):
+/// both lose nothing, with publishes going through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_and_narrow_channels_deliver_every_event() {
+    let redis = Redis::start().await;
+    let replica = Replica::start("bench", Some(&redis), &[]).await;
+    for channels in ["1", "13"] {
+        let run = bench(
+            &replica,
+            &[
+                "fanout",
+                "--subscribers",
+                "130",
+                "--channels",
+                channels,
+                "--duration",
+                "20s",
+                "--max-events",
+                "260",
+            ],
+        );
+        assert_eq!(run["published"], 260, "{run}");
+        let per_event = 130 / channels.parse::<u64>().unwrap();
+        assert_eq!(run["expected"], 260 * per_event, "{run}");
+        assert_eq!(run["delivered"], run["expected"], "{run}");
+    }
+}
