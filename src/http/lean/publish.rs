@@ -66,6 +66,7 @@ pub(super) async fn serve(
             return Ended::HandOver(tcp, read);
         };
         let end = head.length + length;
+        let started = Instant::now();
         let arrived = tokio::time::timeout(state.body_timeout, async {
             while read.len() < end {
                 read.reserve(end - read.len());
@@ -79,11 +80,14 @@ pub(super) async fn serve(
         let cors = shared.cors.headers(origin(&head.headers));
         let close = wants_close(&head.headers) || state.shutdown.is_triggered();
         let bytes = match arrived {
-            Ok(Some(())) => answer(shared, &head, &read[head.length..end], &cors, close).await,
+            Ok(Some(())) => {
+                let body = &read[head.length..end];
+                answer(shared, &head, body, &cors, close, started).await
+            }
             Ok(None) => return Ended::Closed,
             Err(_) => {
                 let error = body_timeout(state);
-                record(error.status, Instant::now());
+                record(error.status, started);
                 let bytes = error_response(&error, &cors, true);
                 let _ = tcp.write_all(&bytes).await;
                 return Ended::Closed;
@@ -109,11 +113,23 @@ enum Next {
     Closed,
 }
 
-/// Reads the next request head, or gives up on shutdown, a closed socket or
-/// a head that takes over [`HEAD_TIMEOUT`].
+/// Reads the next request head. A kept-alive connection may wait for it as
+/// long as the client likes (until shutdown); once its first bytes are in,
+/// the head has [`HEAD_TIMEOUT`] to arrive.
 async fn next_head(shared: &Shared, tcp: &mut TcpStream, read: &mut Vec<u8>) -> Next {
-    let shutdown = shared.state.shutdown.clone();
-    let idle = read.is_empty();
+    if read.is_empty() {
+        read.reserve(1024);
+        let shutdown = shared.state.shutdown.clone();
+        tokio::select! {
+            // Cancel-safe: nothing is read when shutdown wins.
+            first = tcp.read_buf(read) => {
+                if !matches!(first, Ok(n) if n > 0) {
+                    return Next::Closed;
+                }
+            }
+            _ = shutdown.wait() => return Next::Closed,
+        }
+    }
     let reading = tokio::time::timeout(HEAD_TIMEOUT, async {
         loop {
             match parse_head(read) {
@@ -134,11 +150,7 @@ async fn next_head(shared: &Shared, tcp: &mut TcpStream, read: &mut Vec<u8>) -> 
             }
         }
     });
-    tokio::select! {
-        next = reading => next.unwrap_or(Next::Closed),
-        // Between requests a kept-alive connection just closes on shutdown.
-        _ = shutdown.wait(), if idle => Next::Closed,
-    }
+    reading.await.unwrap_or(Next::Closed)
 }
 
 /// Runs the publish under the request's span and records its metrics; the
@@ -149,8 +161,8 @@ async fn answer(
     body: &[u8],
     cors: &[(&'static str, String)],
     close: bool,
+    started: Instant,
 ) -> Vec<u8> {
-    let started = Instant::now();
     let handles = route_metrics();
     handles.pending.increment(1.0);
     let state = &shared.state;
