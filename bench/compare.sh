@@ -4,15 +4,19 @@
 # (`sseplane bench`) in one run. Prints each figure with the ratio sseplane/Nchan
 # and writes the results to $OUT (default bench/results.jsonl).
 #
-#   bench/compare.sh                 # full run (about 2 minutes)
-#   DURATION=3s IDLE=2000 bench/compare.sh   # a quicker one
+#   bench/compare.sh                 # full run: 3 rounds, medians (about 5 minutes)
+#   RUNS=1 DURATION=3s IDLE=2000 bench/compare.sh   # a quicker one
 #   ONLY=fanout-2000x100 bench/compare.sh     # one workload (names as in the table)
+#
+# Each round runs every workload against sseplane, then against Nchan; the
+# table gives each figure's median over the rounds and every round's ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PEER="${NCHAN_PEER:-$ROOT/../shared/peers/nchan}"
 DURATION="${DURATION:-10s}"
 IDLE="${IDLE:-10000}"
+RUNS="${RUNS:-3}"
 OUT="${OUT:-$ROOT/bench/results.jsonl}"
 RUN="$(mktemp -d -t sseplane-compare.XXXXXX)"
 
@@ -75,18 +79,20 @@ workload() {
   for system in sseplane nchan; do
     local args
     if [ "$system" = sseplane ]; then args=$(sse_args); else args=$(nchan_args); fi
-    echo "== $name: $system" >&2
+    echo "== round $round/$RUNS $name: $system" >&2
     # shellcheck disable=SC2086
     "$BIN" bench "$@" $args --progress | tail -n 1 | python3 -c "
 import json, sys
-r = json.loads(sys.stdin.read()); r['workload'] = '$name'; print(json.dumps(r))" >> "$OUT"
+r = json.loads(sys.stdin.read()); r['workload'] = '$name'; r['run'] = $round; print(json.dumps(r))" >> "$OUT"
   done
 }
 
-workload latency-100x1000 latency --subscribers 100 --rate 1000 --duration "$DURATION"
-workload fanout-2000x1 fanout --subscribers 2000 --channels 1 --duration "$DURATION"
-workload fanout-2000x100 fanout --subscribers 2000 --channels 100 --duration "$DURATION"
-workload publish-64x100 fanout --subscribers 100 --channels 100 --publishers 64 --duration "$DURATION"
-workload idle-$IDLE idle --subscribers "$IDLE" --hold 5s
+for round in $(seq "$RUNS"); do
+  workload latency-100x1000 latency --subscribers 100 --rate 1000 --duration "$DURATION"
+  workload fanout-2000x1 fanout --subscribers 2000 --channels 1 --duration "$DURATION"
+  workload fanout-2000x100 fanout --subscribers 2000 --channels 100 --duration "$DURATION"
+  workload publish-64x100 fanout --subscribers 100 --channels 100 --publishers 64 --duration "$DURATION"
+  workload idle-$IDLE idle --subscribers "$IDLE" --hold 5s
+done
 
 python3 "$ROOT/bench/table.py" "$OUT"

@@ -6,6 +6,7 @@
 //! CPU-second), `idle` (open streams held, server memory per stream). It only
 //! ever talks to loopback addresses.
 
+pub mod post;
 pub mod procstat;
 pub mod wire;
 
@@ -328,9 +329,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let cpu_before = procstat::total_cpu(&args.pids);
     let published = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()?;
     let pad = "x".repeat(args.payload_bytes);
     let started = Instant::now();
     let stop_at = started + args.duration;
@@ -367,13 +365,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut publishers = Vec::new();
     for worker in 0..workers {
-        let http = http.clone();
         let args = args.clone();
         let channels = channels.clone();
         let published = published.clone();
         let refused = refused.clone();
         let pad = pad.clone();
         publishers.push(tokio::spawn(async move {
+            let mut connection = post::PostConnection::default();
             let mut ticks = (args.mode == Mode::Latency).then(|| {
                 let period = Duration::from_secs_f64(workers as f64 / args.rate.max(1) as f64);
                 let first =
@@ -393,14 +391,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 let channel = &channels[seq as usize % channels.len()];
                 let body = expand(&args.pub_body, channel, &payload(seq, &pad));
-                let url = expand(&args.pub_url, channel, "");
-                let ok = http
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                let ok = match HttpUrl::parse(&expand(&args.pub_url, channel, "")) {
+                    Ok(url) => connection
+                        .post(&url, "application/json", body.as_bytes())
+                        .await
+                        .is_ok_and(|status| (200..300).contains(&status)),
+                    Err(_) => false,
+                };
                 if !ok {
                     refused.fetch_add(1, Ordering::Relaxed);
                 }
