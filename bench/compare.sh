@@ -24,39 +24,49 @@ cargo build --release --bin sseplane
 BIN="$ROOT/target/release/sseplane"
 : > "$OUT"
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  NCHAN_RUN_DIR="$RUN/nchan" "$PEER/stop.sh" >/dev/null 2>&1 || true
+# Every round starts both systems afresh, so that no round inherits another's
+# heap (memory per idle stream is measured as growth over a fresh process).
+SSEPLANE_PIDS=()
+NCHAN_PIDS=()
+stop_sseplane() {
+  for p in "${SSEPLANE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${SSEPLANE_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  SSEPLANE_PIDS=()
   redis-cli -p 16390 shutdown nosave >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
+stop_nchan() {
+  NCHAN_RUN_DIR="$RUN/nchan" "$PEER/stop.sh" >/dev/null 2>&1 || true
+  NCHAN_PIDS=()
+}
+trap 'stop_sseplane; stop_nchan' EXIT
 
 # sseplane: Redis + replicas A (18091) and B (18092), one worker thread each
 # (like the Nchan peer's one nginx worker per instance; SSEPLANE_WORKERS to change).
-redis-server --bind 127.0.0.1 --port 16390 --save '' --appendonly no --daemonize yes \
-  --pidfile "$RUN/redis.pid" --logfile "$RUN/redis.log" --dir "$RUN"
-for _ in $(seq 50); do redis-cli -p 16390 ping >/dev/null 2>&1 && break; sleep 0.1; done
-for r in A:18091:19091 B:18092:19092; do
-  IFS=: read -r name port admin <<< "$r"
-  "$BIN" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --redis-url redis://127.0.0.1:16390 --replica-id "$name" --log-level warn --queue-events 65536 \
-    --worker-threads "${SSEPLANE_WORKERS:-1}" --max-streams-per-client 0 &
-  pids+=($!)
-done
-SSEPLANE_PIDS=("${pids[@]}")
-for admin in 19091 19092; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
-done
+start_sseplane() {
+  redis-server --bind 127.0.0.1 --port 16390 --save '' --appendonly no --daemonize yes \
+    --pidfile "$RUN/redis.pid" --logfile "$RUN/redis.log" --dir "$RUN"
+  for _ in $(seq 50); do redis-cli -p 16390 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  for r in A:18091:19091 B:18092:19092; do
+    IFS=: read -r name port admin <<< "$r"
+    "$BIN" serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+      --redis-url redis://127.0.0.1:16390 --replica-id "$name" --log-level warn --queue-events 65536 \
+      --worker-threads "${SSEPLANE_WORKERS:-1}" --max-streams-per-client 0 &
+    SSEPLANE_PIDS+=($!)
+  done
+  for admin in 19091 19092; do
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
+  done
+}
 
 # Nchan: the peer script (ports 18081/18082, its Redis on 16379).
-mkdir -p "$RUN/nchan"
-NCHAN_RUN_DIR="$RUN/nchan" "$PEER/start.sh" > "$RUN/nchan.out"
-NCHAN_PIDS=()
-for name in A B; do
-  master=$(cat "$RUN/nchan/nginx-$name.pid")
-  for w in $(pgrep -P "$master"); do NCHAN_PIDS+=("$w"); done
-done
+start_nchan() {
+  mkdir -p "$RUN/nchan"
+  NCHAN_RUN_DIR="$RUN/nchan" "$PEER/start.sh" > "$RUN/nchan.out"
+  for name in A B; do
+    master=$(cat "$RUN/nchan/nginx-$name.pid")
+    for w in $(pgrep -P "$master"); do NCHAN_PIDS+=("$w"); done
+  done
+}
 
 sse_args() {
   echo --label sseplane \
@@ -88,11 +98,17 @@ r = json.loads(sys.stdin.read()); r['workload'] = '$name'; r['run'] = $round; pr
 }
 
 for round in $(seq "$RUNS"); do
+  start_sseplane
+  start_nchan
+  # Idle first: memory per stream is the growth of a process that has held no
+  # stream yet (a later run would reuse the heap earlier workloads grew).
+  workload idle-$IDLE idle --subscribers "$IDLE" --hold 5s
   workload latency-100x1000 latency --subscribers 100 --rate 1000 --duration "$DURATION"
   workload fanout-2000x1 fanout --subscribers 2000 --channels 1 --duration "$DURATION"
   workload fanout-2000x100 fanout --subscribers 2000 --channels 100 --duration "$DURATION"
   workload publish-64x100 fanout --subscribers 100 --channels 100 --publishers 64 --duration "$DURATION"
-  workload idle-$IDLE idle --subscribers "$IDLE" --hold 5s
+  stop_sseplane
+  stop_nchan
 done
 
 python3 "$ROOT/bench/table.py" "$OUT"
