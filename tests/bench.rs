@@ -70,6 +70,26 @@ async fn each_mode_counts_what_was_sent() {
     assert_eq!(idle["established"], 40, "{idle}");
     assert!(idle["server_rss_kib_after"].as_u64().unwrap() > 0);
 
+    // Refused publishes are counted as errors, not as published.
+    let secured = Replica::start("bench-secured", None, &["--jwt-secret", "bench-secret"]).await;
+    let refused = bench(
+        &secured,
+        &[
+            "fanout",
+            "--subscribers",
+            "1",
+            "--publishers",
+            "2",
+            "--duration",
+            "5s",
+            "--max-events",
+            "20",
+        ],
+    );
+    assert_eq!(refused["publish_errors"], 20, "{refused}");
+    assert_eq!(refused["published"], 0, "{refused}");
+    assert_eq!(refused["delivered"], 0, "{refused}");
+
     // Only loopback targets are accepted.
     let refused = run_sseplane(&[
         "bench",
