@@ -43,21 +43,28 @@ const SUBSCRIBE_BATCH: usize = 512;
 /// Most received messages delivered before the parked streams are flushed.
 const MESSAGE_BATCH: usize = 256;
 
+/// Appends each event to its channel's stream and publishes it. Trimming at
+/// publish is approximate (`~`: Redis drops whole stream nodes, no per-entry
+/// work); reads take the newest `max_events` entries and trim by age exactly,
+/// so what a client is replayed is exact. A channel without history keeps none.
 const PUBLISH_SCRIPT: &str = r"
-local min_ttl = tonumber(ARGV[1])
 local ids = {}
 for i = 1, #KEYS / 2 do
   local hist, last_key = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 1 + (i - 1) * 4
-  local chan, max_events, max_age, msg = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local a = (i - 1) * 5
+  local chan, max_events, max_age, ttl, msg = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   local prev = redis.call('GET', last_key) or '0-0'
-  local id = redis.call('XADD', hist, 'MAXLEN', max_events, '*', 'p', prev, 'm', msg)
-  if max_age > 0 then
+  local id
+  if max_events == '0' then
+    id = redis.call('XADD', hist, 'MAXLEN', '0', '*', 'p', prev, 'm', msg)
+  else
+    id = redis.call('XADD', hist, 'MAXLEN', '~', max_events, '*', 'p', prev, 'm', msg)
+  end
+  if max_age ~= '0' then
     -- The new id's milliseconds are Redis's clock: no TIME call needed.
     local now = tonumber(string.match(id, '^(%d+)'))
-    redis.call('XTRIM', hist, 'MINID', string.format('%d', now - max_age))
+    redis.call('XTRIM', hist, 'MINID', '~', string.format('%d', now - tonumber(max_age)))
   end
-  local ttl = math.max(max_age, min_ttl)
   redis.call('SET', last_key, id, 'PX', ttl)
   redis.call('PEXPIRE', hist, ttl)
   redis.call('PUBLISH', chan, id .. '\n' .. msg)
@@ -66,6 +73,9 @@ end
 return ids
 ";
 
+/// What history holds after ARGV[1]: the newest ARGV[3] entries, none older
+/// than ARGV[2] ms (0: any age). Answers whether the channel exists, its last
+/// id and the entries, oldest first.
 const HISTORY_SCRIPT: &str = r"
 local last = redis.call('GET', KEYS[2])
 if not last then return {0, '0-0', {}} end
@@ -77,7 +87,10 @@ if max_age > 0 then
 end
 local entries = {}
 if limit > 0 then
-  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', limit)
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '(' .. ARGV[1], 'COUNT', ARGV[3])
+  for i = #newest, 1, -1 do
+    entries[#entries + 1] = newest[i]
+  end
 end
 return {1, last, entries}
 ";
@@ -239,13 +252,12 @@ impl Backplane for RedisBackplane {
         items: &'a [PublishItem<'a>],
     ) -> BoxFuture<'a, Result<Vec<Position>, BackplaneError>> {
         Box::pin(async move {
-            // EVALSHA sha 2n KEYS… then ARGV: the key TTL, then 4 per item.
+            // EVALSHA sha 2n KEYS… then ARGV: 5 per item.
             let mut cmd = self.publish.command(2 * items.len());
             for item in items {
                 cmd.arg(self.keys.history(item.channel))
                     .arg(self.keys.last(item.channel));
             }
-            cmd.arg(MIN_KEY_TTL_MS);
             for item in items {
                 let (max_events, max_age_ms) = if item.retention.keeps_history() {
                     (
@@ -258,6 +270,7 @@ impl Backplane for RedisBackplane {
                 cmd.arg(self.keys.pubsub(item.channel))
                     .arg(max_events)
                     .arg(max_age_ms)
+                    .arg(max_age_ms.max(MIN_KEY_TTL_MS))
                     .arg(item.body.encode());
             }
             let ids = timed(self.publish.call(cmd)).await?;
