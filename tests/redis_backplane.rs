@@ -334,3 +334,56 @@ async fn concurrent_publishes_are_pipelined_and_each_answered() {
     assert_eq!(by_position.len(), 64, "ids are distinct");
     assert_eq!(delivered, by_position);
 }
+
+/// Entries the Redis stream of `channel` holds (default key prefix).
+async fn stream_len(redis: &Redis, channel: &str) -> i64 {
+    redis
+        .cmd(&["XLEN", &format!("sseplane:h:{{{channel}}}")])
+        .await
+}
+
+/// Publishes trim a long history approximately (whole stream nodes) and a short
+/// one exactly; either way a client that resumes from far behind is told of the
+/// gap and replayed exactly the newest `maxEvents` events, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_stays_near_its_limit_and_replays_exactly_the_newest() {
+    let redis = Redis::start().await;
+    let long = Replica::start("long", Some(&redis), &["--history-max-events", "150"]).await;
+    let short = Replica::start("short", Some(&redis), &["--history-max-events", "3"]).await;
+    let mut first_long = String::new();
+    for n in 1..=400u64 {
+        let id = publish(&long, "long", json!({"n": n})).await;
+        if n == 1 {
+            first_long = id;
+        }
+    }
+    let mut first_short = String::new();
+    for n in 1..=10u64 {
+        let id = publish(&short, "short", json!({"n": n})).await;
+        if n == 1 {
+            first_short = id;
+        }
+    }
+    let kept = stream_len(&redis, "long").await;
+    assert!(
+        (150..=250).contains(&kept),
+        "a 150-event history holds {kept} entries"
+    );
+    assert_eq!(stream_len(&redis, "short").await, 3);
+
+    let mut resumed = Subscriber::connect(vec![long.stream_url(&["long"])], Some(first_long)).await;
+    let gap = resumed.next_event().await;
+    assert_eq!(gap.event, "sseplane.gap");
+    assert_eq!(
+        seqs(&resumed.take(150).await),
+        (251..=400).collect::<Vec<_>>()
+    );
+    // Nothing older follows: the next event is a new publish.
+    publish(&long, "long", json!({"n": 401})).await;
+    assert_eq!(seqs(&resumed.take(1).await), vec![401]);
+
+    let mut resumed =
+        Subscriber::connect(vec![short.stream_url(&["short"])], Some(first_short)).await;
+    assert_eq!(resumed.next_event().await.event, "sseplane.gap");
+    assert_eq!(seqs(&resumed.take(3).await), vec![8, 9, 10]);
+}

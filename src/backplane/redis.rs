@@ -44,10 +44,13 @@ const SUBSCRIBE_BATCH: usize = 512;
 const MESSAGE_BATCH: usize = 256;
 
 /// Appends each event to its channel's stream and publishes it. Trimming at
-/// publish is approximate (`~`: Redis drops whole stream nodes, no per-entry
-/// work); reads take the newest `max_events` entries and trim by age exactly,
-/// so what a client is replayed is exact. A channel without history keeps none.
+/// publish is approximate (`~`: Redis drops whole stream nodes of up to 100
+/// entries, no per-entry work) for histories of 100 events or more, so a stream
+/// holds at most about 100 entries, never more than twice, over its limit;
+/// shorter histories (none included) are trimmed exactly. Reads take the newest
+/// `max_events` entries and trim by age exactly, so a replay is exact.
 const PUBLISH_SCRIPT: &str = r"
+local EXACT_BELOW = 100
 local ids = {}
 for i = 1, #KEYS / 2 do
   local hist, last_key = KEYS[2 * i - 1], KEYS[2 * i]
@@ -55,8 +58,8 @@ for i = 1, #KEYS / 2 do
   local chan, max_events, max_age, ttl, msg = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   local prev = redis.call('GET', last_key) or '0-0'
   local id
-  if max_events == '0' then
-    id = redis.call('XADD', hist, 'MAXLEN', '0', '*', 'p', prev, 'm', msg)
+  if tonumber(max_events) < EXACT_BELOW then
+    id = redis.call('XADD', hist, 'MAXLEN', max_events, '*', 'p', prev, 'm', msg)
   else
     id = redis.call('XADD', hist, 'MAXLEN', '~', max_events, '*', 'p', prev, 'm', msg)
   end

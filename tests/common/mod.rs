@@ -52,16 +52,29 @@ impl Redis {
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
-        redis.restart().await;
-        redis
+        // As with replicas: a port taken again before Redis binds it makes it
+        // exit; it starts again on another.
+        for _ in 0..5 {
+            redis.spawn();
+            if redis.answers_or_exits().await {
+                return redis;
+            }
+            redis.port = free_port();
+        }
+        panic!("redis-server exited at start, five times");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// (Re)starts the server on the same port and waits until it answers.
+    /// Restarts the server on the same port and waits until it answers.
     pub async fn restart(&mut self) {
+        self.spawn();
+        assert!(self.answers_or_exits().await, "redis-server exited");
+    }
+
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "redis already running");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
@@ -72,14 +85,34 @@ impl Redis {
             .spawn()
             .expect("redis-server is installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        let port = self.port;
-        wait_for("redis to answer PING", WAIT, || async move {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
-            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-            let pong: String = redis::cmd("PING").query_async(&mut conn).await.ok()?;
-            (pong == "PONG").then_some(())
-        })
-        .await;
+    }
+
+    /// Waits until the server answers PING (true) or exits (false).
+    async fn answers_or_exits(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.answers_ping().await {
+                return true;
+            }
+            let child = self.child.as_mut().expect("spawned");
+            if child.try_wait().expect("wait for redis-server").is_some() {
+                self.child = None;
+                return false;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for redis");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn answers_ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        matches!(pong.as_deref(), Ok("PONG"))
     }
 
     /// Kills the server (its data is lost, as with no persistence).
@@ -160,9 +193,39 @@ impl Replica {
                 .collect(),
             log: log.map(ToOwned::to_owned),
         };
-        replica.spawn();
-        replica.wait_ready().await;
-        replica
+        // A free port can be taken again before the replica binds it (another
+        // test's server, an outgoing connection's source port): the replica then
+        // exits, and is started again on other ports.
+        for _ in 0..5 {
+            replica.spawn();
+            if replica.wait_ready_or_exit().await {
+                return replica;
+            }
+            replica.public = free_port();
+            replica.admin = free_port();
+        }
+        panic!("{} exited before it was ready, five times", replica.id);
+    }
+
+    /// Waits for `/readyz` to answer 200 (true) or the process to exit (false).
+    async fn wait_ready_or_exit(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.ready_status().await == Some(200) {
+                return true;
+            }
+            let child = self.child.as_mut().expect("spawned");
+            if child.try_wait().expect("wait for sseplane").is_some() {
+                self.child = None;
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {} to be ready",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     fn spawn(&mut self) {
