@@ -350,19 +350,13 @@ async fn history_stays_near_its_limit_and_replays_exactly_the_newest() {
     let redis = Redis::start().await;
     let long = Replica::start("long", Some(&redis), &["--history-max-events", "150"]).await;
     let short = Replica::start("short", Some(&redis), &["--history-max-events", "3"]).await;
-    let mut first_long = String::new();
-    for n in 1..=400u64 {
-        let id = publish(&long, "long", json!({"n": n})).await;
-        if n == 1 {
-            first_long = id;
-        }
+    let first_long = publish(&long, "long", json!({"n": 1})).await;
+    for n in 2..=400u64 {
+        publish(&long, "long", json!({"n": n})).await;
     }
-    let mut first_short = String::new();
-    for n in 1..=10u64 {
-        let id = publish(&short, "short", json!({"n": n})).await;
-        if n == 1 {
-            first_short = id;
-        }
+    let first_short = publish(&short, "short", json!({"n": 1})).await;
+    for n in 2..=10u64 {
+        publish(&short, "short", json!({"n": n})).await;
     }
     let kept = stream_len(&redis, "long").await;
     assert!(

@@ -43,30 +43,22 @@ const SUBSCRIBE_BATCH: usize = 512;
 /// Most received messages delivered before the parked streams are flushed.
 const MESSAGE_BATCH: usize = 256;
 
-/// Appends each event to its channel's stream and publishes it. Trimming at
-/// publish is approximate (`~`: Redis drops whole stream nodes of up to 100
-/// entries, no per-entry work) for histories of 100 events or more, so a stream
-/// holds at most about 100 entries, never more than twice, over its limit;
-/// shorter histories (none included) are trimmed exactly. Reads take the newest
-/// `max_events` entries and trim by age exactly, so a replay is exact.
+/// Appends each event to its channel's stream and publishes it, trimming the
+/// stream with the operator the replica chose ([`trim_operator`]). Reads take
+/// the newest `max_events` entries and trim by age exactly, so a replay is
+/// exact however the stream was trimmed.
 const PUBLISH_SCRIPT: &str = r"
-local EXACT_BELOW = 100
 local ids = {}
 for i = 1, #KEYS / 2 do
   local hist, last_key = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = (i - 1) * 5
-  local chan, max_events, max_age, ttl, msg = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local a = (i - 1) * 6
+  local chan, trim, max_events, max_age, ttl, msg = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   local prev = redis.call('GET', last_key) or '0-0'
-  local id
-  if tonumber(max_events) < EXACT_BELOW then
-    id = redis.call('XADD', hist, 'MAXLEN', max_events, '*', 'p', prev, 'm', msg)
-  else
-    id = redis.call('XADD', hist, 'MAXLEN', '~', max_events, '*', 'p', prev, 'm', msg)
-  end
+  local id = redis.call('XADD', hist, 'MAXLEN', trim, max_events, '*', 'p', prev, 'm', msg)
   if max_age ~= '0' then
     -- The new id's milliseconds are Redis's clock: no TIME call needed.
     local now = tonumber(string.match(id, '^(%d+)'))
-    redis.call('XTRIM', hist, 'MINID', '~', string.format('%d', now - tonumber(max_age)))
+    redis.call('XTRIM', hist, 'MINID', trim, string.format('%d', now - tonumber(max_age)))
   end
   redis.call('SET', last_key, id, 'PX', ttl)
   redis.call('PEXPIRE', hist, ttl)
@@ -97,6 +89,21 @@ if limit > 0 then
 end
 return {1, last, entries}
 ";
+
+/// Histories this long or longer are trimmed approximately at publish.
+const APPROXIMATE_TRIM_FROM: u64 = 100;
+
+/// How a publish trims a history of `max_events`: `~` (Redis drops whole
+/// stream nodes of up to 100 entries, no per-entry work; a stream holds at
+/// most about 100 entries, never more than twice its limit) for long
+/// histories, `=` (exact) for short ones and for none.
+fn trim_operator(max_events: u64) -> &'static str {
+    if max_events >= APPROXIMATE_TRIM_FROM {
+        "~"
+    } else {
+        "="
+    }
+}
 
 /// Key names for one prefix.
 #[derive(Debug, Clone)]
@@ -255,7 +262,7 @@ impl Backplane for RedisBackplane {
         items: &'a [PublishItem<'a>],
     ) -> BoxFuture<'a, Result<Vec<Position>, BackplaneError>> {
         Box::pin(async move {
-            // EVALSHA sha 2n KEYS… then ARGV: 5 per item.
+            // EVALSHA sha 2n KEYS… then ARGV: 6 per item.
             let mut cmd = self.publish.command(2 * items.len());
             for item in items {
                 cmd.arg(self.keys.history(item.channel))
@@ -271,6 +278,7 @@ impl Backplane for RedisBackplane {
                     (0, 0)
                 };
                 cmd.arg(self.keys.pubsub(item.channel))
+                    .arg(trim_operator(max_events))
                     .arg(max_events)
                     .arg(max_age_ms)
                     .arg(max_age_ms.max(MIN_KEY_TTL_MS))

@@ -38,6 +38,52 @@ where
     }
 }
 
+/// Times a server is started on fresh ports when the one it was given was
+/// taken before it bound it (another test's server, an outgoing connection's
+/// source port): it then exits at once.
+const START_ATTEMPTS: usize = 5;
+
+/// Polls `ready` until it holds (true) or `child` exits (false, and `child` is
+/// cleared), panicking with `what` after [`WAIT`].
+async fn ready_or_exited<F, Fut>(what: &str, child: &mut Option<Child>, mut ready: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if ready().await {
+            return true;
+        }
+        let process = child.as_mut().expect("spawned");
+        if process.try_wait().expect("wait for the process").is_some() {
+            *child = None;
+            return false;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Whether `url` (a Redis server) answers PING.
+async fn answers_ping(url: String) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+    matches!(pong.as_deref(), Ok("PONG"))
+}
+
+/// Whether `url` (a replica's `/readyz`) answers 200.
+async fn ready_at(url: String) -> bool {
+    reqwest::get(url)
+        .await
+        .is_ok_and(|response| response.status() == 200)
+}
+
 /// A `redis-server` on a free port, stopped when dropped.
 pub struct Redis {
     pub port: u16,
@@ -52,16 +98,14 @@ impl Redis {
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
-        // As with replicas: a port taken again before Redis binds it makes it
-        // exit; it starts again on another.
-        for _ in 0..5 {
+        for _ in 0..START_ATTEMPTS {
             redis.spawn();
             if redis.answers_or_exits().await {
                 return redis;
             }
             redis.port = free_port();
         }
-        panic!("redis-server exited at start, five times");
+        panic!("redis-server exited at start {START_ATTEMPTS} times");
     }
 
     pub fn url(&self) -> String {
@@ -89,32 +133,12 @@ impl Redis {
 
     /// Waits until the server answers PING (true) or exits (false).
     async fn answers_or_exits(&mut self) -> bool {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if self.answers_ping().await {
-                return true;
-            }
-            let child = self.child.as_mut().expect("spawned");
-            if child.try_wait().expect("wait for redis-server").is_some() {
-                self.child = None;
-                return false;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for redis");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let url = self.url();
+        ready_or_exited("redis to answer PING", &mut self.child, || {
+            answers_ping(url.clone())
+        })
+        .await
     }
-
-    async fn answers_ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-            return false;
-        };
-        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-        matches!(pong.as_deref(), Ok("PONG"))
-    }
-
     /// Kills the server (its data is lost, as with no persistence).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -193,10 +217,7 @@ impl Replica {
                 .collect(),
             log: log.map(ToOwned::to_owned),
         };
-        // A free port can be taken again before the replica binds it (another
-        // test's server, an outgoing connection's source port): the replica then
-        // exits, and is started again on other ports.
-        for _ in 0..5 {
+        for _ in 0..START_ATTEMPTS {
             replica.spawn();
             if replica.wait_ready_or_exit().await {
                 return replica;
@@ -204,28 +225,14 @@ impl Replica {
             replica.public = free_port();
             replica.admin = free_port();
         }
-        panic!("{} exited before it was ready, five times", replica.id);
+        panic!("{} exited at start {START_ATTEMPTS} times", replica.id);
     }
 
     /// Waits for `/readyz` to answer 200 (true) or the process to exit (false).
     async fn wait_ready_or_exit(&mut self) -> bool {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if self.ready_status().await == Some(200) {
-                return true;
-            }
-            let child = self.child.as_mut().expect("spawned");
-            if child.try_wait().expect("wait for sseplane").is_some() {
-                self.child = None;
-                return false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {} to be ready",
-                self.id
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let what = format!("{} to be ready", self.id);
+        let url = self.admin_url("/readyz");
+        ready_or_exited(&what, &mut self.child, || ready_at(url.clone())).await
     }
 
     fn spawn(&mut self) {
