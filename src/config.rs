@@ -155,9 +155,26 @@ pub struct ServeArgs {
     /// Behind a proxy every client has the proxy's address: raise it or set 0.
     #[arg(long, env = "SSEPLANE_MAX_STREAMS_PER_CLIENT", default_value_t = 1000)]
     pub max_streams_per_client: usize,
+    /// New channels one publisher (its token's subject, else its address) may
+    /// create per second on this replica, in bursts of 50 times as many; a
+    /// publish that would create more gets 429 `channel_creation_limited`.
+    /// Bounds the Redis memory one client can claim. 0 = no limit.
+    #[arg(long, env = "SSEPLANE_NEW_CHANNELS_PER_SECOND", default_value_t = 20)]
+    pub new_channels_per_second: u32,
     /// Time allowed for a request body to arrive (408 beyond).
     #[arg(long, env = "SSEPLANE_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_timeout: Duration,
+    /// Time a connection on the public port may wait for a whole request head
+    /// (a new connection, or a kept-alive one between requests, publishes
+    /// included) before it is closed; the same on every request path.
+    #[arg(long, env = "SSEPLANE_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most connections on the public port waiting for a request at once
+    /// (kept-alive publish connections between requests, new connections
+    /// before their first bytes): beyond it the oldest idle one is closed.
+    /// Counted apart from `--max-streams`; 0 = no cap.
+    #[arg(long, env = "SSEPLANE_MAX_IDLE_CONNECTIONS", default_value_t = crate::http::lean::DEFAULT_MAX_IDLE)]
+    pub max_idle_connections: usize,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "SSEPLANE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -278,6 +295,12 @@ mod tests {
         assert_eq!(args.history_max_events, 1000);
         assert_eq!(args.history_max_age, Duration::from_secs(3600));
         assert_eq!(args.max_payload_bytes, 65536);
+        // One idle timeout for both request paths, the lean one's default.
+        assert_eq!(args.idle_timeout, crate::http::lean::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(
+            args.max_idle_connections,
+            crate::http::lean::DEFAULT_MAX_IDLE
+        );
     }
 
     #[test]

@@ -124,10 +124,21 @@ pub fn validate_event_type(name: &str) -> Result<(), String> {
 /// published, and valid JSON never holds a raw line break inside a string, so the
 /// result is always one line.
 pub fn compact_json(raw: &RawValue) -> String {
+    compact_json_depth(raw).0
+}
+
+/// Deepest nesting of arrays and objects accepted in published data, whatever
+/// the channel's policy: `[[1]]` nests 2 levels, a scalar 0.
+pub const MAX_DATA_DEPTH: usize = 128;
+
+/// Like [`compact_json`], with the value's nesting depth (see [`json_depth`])
+/// counted in the same pass.
+pub fn compact_json_depth(raw: &RawValue) -> (String, usize) {
     let text = raw.get();
     let mut out = String::with_capacity(text.len());
     let mut in_string = false;
     let mut escaped = false;
+    let (mut depth, mut deepest) = (0usize, 0usize);
     for c in text.chars() {
         if in_string {
             out.push(c);
@@ -138,14 +149,158 @@ pub fn compact_json(raw: &RawValue) -> String {
             } else if c == '"' {
                 in_string = false;
             }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            out.push(c);
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ' ' | '\t' | '\n' | '\r' => continue,
+            _ => {}
+        }
+        out.push(c);
+    }
+    (out, deepest)
+}
+
+/// How deeply arrays and objects nest in the JSON `text` (a scalar: 0), by a
+/// byte scan that skips strings (brackets inside them do not count).
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in text.bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
-    out
+    deepest
+}
+
+/// Why published data could not become a [`serde_json::Value`] (which a JSON
+/// Schema validates).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataValueError {
+    /// A number beyond the 64-bit floating point range (`1e400`, a 400-digit
+    /// integer): valid JSON that the validator cannot hold.
+    #[error("number {0} is out of the 64-bit floating point range")]
+    UnsupportedNumber(String),
+    /// Anything else the parser refused.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// serde_json refuses to nest this many levels (it takes 127).
+const SERDE_JSON_DEPTH: usize = 128;
+
+/// Parses compact JSON `data` (already known to be valid JSON) into a value,
+/// however deep it nests: serde_json stops at 127 levels, so deeper arrays and
+/// objects are taken apart level by level until the rest fits.
+pub fn data_value(data: &str) -> Result<serde_json::Value, DataValueError> {
+    value_of(data).map_err(|e| match unrepresentable_number(data) {
+        Some(number) => DataValueError::UnsupportedNumber(number.to_owned()),
+        None => DataValueError::Malformed(e.to_string()),
+    })
+}
+
+fn value_of(text: &str) -> serde_json::Result<serde_json::Value> {
+    use serde_json::Value;
+    if json_depth(text) < SERDE_JSON_DEPTH {
+        return serde_json::from_str(text);
+    }
+    if text.trim_start().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text)?;
+        let items = items.into_iter().map(|item| value_of(item.get()));
+        items.collect::<Result<_, _>>().map(Value::Array)
+    } else {
+        let Members(members) = serde_json::from_str(text)?;
+        let mut object = serde_json::Map::new();
+        for (key, value) in members {
+            object.insert(key, value_of(value.get())?);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// An object's members in order, their values unparsed.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// The first number in the JSON `text` that a 64-bit float cannot hold.
+fn unrepresentable_number(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len()
+                && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            let number = &text[start..i];
+            if number.parse::<f64>().is_ok_and(|n| !n.is_finite()) {
+                return Some(number);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// What a publisher sent for one event, validated: the type (if any), the compact
@@ -340,6 +495,62 @@ mod tests {
             compact_json(&raw),
             r#"{"a":[1,2.50,12345678901234567890123],"s":" x \" y "}"#
         );
+    }
+
+    fn nested(depth: usize, inner: &str) -> String {
+        format!("{}{inner}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn depth_counts_arrays_and_objects_not_brackets_in_strings() {
+        for (text, depth) in [
+            ("1", 0),
+            ("\"[[{{\"", 0),
+            ("[]", 1),
+            ("{\"a\":[1,{\"b\":null}]}", 3),
+            ("[\"\\\"[\",[]]", 2),
+            ("[[],[[]],[]]", 3),
+        ] {
+            assert_eq!(json_depth(text), depth, "{text}");
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            assert_eq!(compact_json_depth(&raw).1, depth, "{text}");
+        }
+        let raw: Box<RawValue> = serde_json::from_str(&nested(129, "1")).unwrap();
+        assert_eq!(compact_json_depth(&raw), (nested(129, "1"), 129));
+    }
+
+    #[test]
+    fn data_values_nest_as_deep_as_the_limit() {
+        for depth in [1, 127, MAX_DATA_DEPTH] {
+            let text = nested(depth - 1, "{\"k\":[0,\"]\"],\"k\":{\"z\":1,\"a\":2}}");
+            let mut expected = serde_json::json!({"k": {"z": 1, "a": 2}});
+            for _ in 1..depth {
+                expected = serde_json::Value::Array(vec![expected]);
+            }
+            assert_eq!(data_value(&text), Ok(expected), "depth {depth}");
+        }
+        let wide = format!("[1,{},{{\"a\":{}}}]", nested(127, "2"), nested(126, "3"));
+        let value = data_value(&wide).unwrap();
+        assert_eq!(value[0], 1);
+        assert_eq!(json_depth(&value.to_string()), 128);
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_named() {
+        let digits = "9".repeat(400);
+        for (text, number) in [
+            ("1e400", "1e400"),
+            ("{\"a\":[-1E+400]}", "-1E+400"),
+            (&*format!("[1,{digits}]"), &*digits),
+        ] {
+            assert_eq!(
+                data_value(text),
+                Err(DataValueError::UnsupportedNumber(number.to_owned())),
+                "{text}"
+            );
+        }
+        assert!(data_value("[\"1e400\",1e-400,1e308]").is_ok());
+        assert_eq!(unrepresentable_number("{\"1e400\":\"x\\\"1e400\"}"), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (axum-prometheus) and sseplane's own. Labels stay bounded: no channel names.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum_prometheus::metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use axum_prometheus::{PrometheusMetricLayer, PrometheusMetricLayerBuilder};
@@ -24,6 +25,8 @@ pub const BACKPLANE_UP: &str = "sseplane_backplane_up";
 pub const REDIS_RECONNECTS: &str = "sseplane_redis_reconnects_total";
 /// Policies read, by `state`: `valid` or `invalid`.
 pub const POLICIES: &str = "sseplane_policies";
+/// Channels the in-memory backplane holds state for (gauge).
+pub const BACKPLANE_CHANNELS: &str = "sseplane_backplane_channels";
 /// Spans the OTLP exporter could not send.
 pub const SPANS_DROPPED: &str = "sseplane_trace_spans_dropped_total";
 
@@ -57,9 +60,30 @@ pub fn install() -> (PrometheusMetricLayer<'static>, PrometheusHandle) {
                 })
                 .build_pair();
             describe();
+            spawn_upkeep(pair.1.clone());
             pair
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their summaries when nothing
+/// scrapes `/metrics` (a scrape does it too).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample until it is folded into its
+/// summary, which only a render or an upkeep does: without a scraper, memory
+/// would grow with every request. A thread of its own (the recorder is
+/// process-wide and lives as long as the process) does it periodically.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the metrics upkeep: memory grows until /metrics is scraped");
+    }
 }
 
 fn describe() {

@@ -11,7 +11,16 @@
 //! the end of each backplane batch ([`EventQueue::flush`]), several events in one
 //! write. If the socket cannot take everything, the rest goes back to the task,
 //! which writes it asynchronously; the task takes the socket back whenever it
-//! wakes for anything else (keepalive, shutdown, token expiry).
+//! wakes for anything else (keepalive, shutdown, token expiry). Writes from the
+//! hub never wait: a socket that cannot take a byte gets none.
+//!
+//! A stream cut off as too slow has its socket's sending side shut down at
+//! once ([`EventQueue::push`]): its task may be waiting to write to a client
+//! that stopped reading, which would otherwise keep the stream's place, its
+//! descriptor and megabytes of kernel send buffer for good. The task's write
+//! then fails, the stream ends, and the task closes the connection (the end
+//! of the body follows what was sent; a client that does not take it in time
+//! gets a reset, which frees the kernel's buffer).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -208,6 +217,10 @@ impl EventQueue {
             if !self.drop_oldest.load(Ordering::Relaxed) {
                 state.cut_off = true;
                 state.items.clear();
+                state.unwritten = None;
+                if let Some(socket) = state.socket.take() {
+                    shut_down_sending(&socket);
+                }
                 self.wake_task(state);
                 return (Offer::CutOff, false);
             }
@@ -364,6 +377,19 @@ impl EventQueue {
         state.items.clear();
         state.unwritten = None;
         state.socket = None;
+    }
+}
+
+/// Ends a cut-off stream's sending without waiting for its task: the end of
+/// the stream (FIN) is queued after what was written, and the task's pending
+/// or next write fails at once, so that it ends the stream and closes the
+/// connection. One non-blocking system call.
+fn shut_down_sending(socket: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `socket` is borrowed;
+    // shutdown(2) only changes the state of the connection.
+    unsafe {
+        libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR);
     }
 }
 
@@ -563,6 +589,28 @@ mod tests {
         assert!(received[..filled].bytes().all(|b| b == b'x'));
         received.push_str(std::str::from_utf8(&rest).unwrap());
         assert!(received.ends_with(tail));
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_stream_stops_sending_at_once() {
+        let (server, mut client) = socket_pair().await;
+        let (queue, task, _) = parked(server.clone());
+        queue.set_limits(1, false);
+        queue.push(at(1));
+        assert_eq!(queue.push(at(2)).0, Offer::CutOff);
+        assert_eq!(task.get(), 1, "the task is woken to end");
+        // The task's writes fail now instead of waiting for the client.
+        let written = server.try_write(b"x");
+        assert!(
+            written
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+            "{written:?}"
+        );
+        // The client sees the end of the stream.
+        let mut buf = [0u8; 64];
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+        drop((queue, server));
     }
 
     #[tokio::test]

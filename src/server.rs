@@ -21,16 +21,43 @@ pub fn backplane(args: &ServeArgs, replica_id: &str) -> anyhow::Result<Arc<dyn B
     })
 }
 
-/// The default cap on open streams: what the open-files limit leaves after a
-/// reserve for Redis, the admin API and files, so that a full replica answers
-/// 503 instead of failing to accept.
-fn default_max_streams() -> usize {
-    const RESERVE: u64 = 256;
+/// Descriptors kept for Redis, the admin API, files and the requests being
+/// served, beside streams and idle connections.
+const RESERVE: u64 = 128;
+
+/// The open-files limit (soft), `None` when there is none.
+fn open_files_limit() -> Option<u64> {
     let (soft, _) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
-    if soft == rlimit::INFINITY || soft == 0 {
+    (soft != rlimit::INFINITY && soft != 0).then_some(soft)
+}
+
+/// The default cap on open streams: what the open-files limit leaves after
+/// the reserve and the idle connections' share (`max_idle`), so that neither
+/// idle connections nor streams can take the descriptors the other needs, and
+/// a full replica answers 503 instead of failing to accept. With the default
+/// `--max-idle-connections` (128), the open-files limit less 256.
+fn default_max_streams(max_idle: usize) -> usize {
+    let Some(soft) = open_files_limit() else {
         return 0;
+    };
+    soft.saturating_sub(RESERVE + max_idle as u64).max(1) as usize
+}
+
+/// Warns when the caps given add up to more descriptors than the process may
+/// open: `accept` could then fail while streams are refused nothing.
+fn check_descriptor_budget(max_streams: usize, max_idle: usize) {
+    let Some(soft) = open_files_limit() else {
+        return;
+    };
+    let needed = RESERVE + max_streams as u64 + max_idle as u64;
+    if max_streams == 0 || max_idle == 0 || needed > soft {
+        tracing::warn!(
+            open_files_limit = soft,
+            max_streams,
+            max_idle_connections = max_idle,
+            "--max-streams and --max-idle-connections (0 = no cap) leave fewer than {RESERVE} of the open-files limit for Redis, the admin API and requests: new connections may fail when the limit is reached"
+        );
     }
-    soft.saturating_sub(RESERVE).max(1) as usize
 }
 
 /// Starts the policy sources the flags ask for: files (read once now, so a
@@ -109,10 +136,15 @@ pub async fn run(
         tracing::warn!("no signing key configured (--jwt-secret, --jwt-public-key, --jwks): auth is off, publishing is open to anyone who reaches the public port, and policies that ask for tokens are not enforced");
     }
     let policies = PolicyStore::new(args.default_policy());
+    policies.spawn_upkeep();
     start_policy_sources(&args, &policies, &replica_id).await?;
     let hub = Hub::new(backplane, replica_id);
     hub.start();
-    let max_streams = args.max_streams.unwrap_or_else(default_max_streams);
+    let max_idle = args.max_idle_connections;
+    let max_streams = args
+        .max_streams
+        .unwrap_or_else(|| default_max_streams(max_idle));
+    check_descriptor_budget(max_streams, max_idle);
     let state = AppState {
         max_channels_per_stream: args.max_channels_per_stream,
         log_level,
@@ -125,6 +157,10 @@ pub async fn run(
             .map(Arc::from),
         streams: crate::http::limits::StreamGate::new(max_streams, args.max_streams_per_client),
         body_timeout: args.body_timeout,
+        channel_creation: (args.new_channels_per_second > 0).then(|| {
+            let rate = args.new_channels_per_second;
+            crate::policy::RateLimit::new(rate, rate.saturating_mul(50))
+        }),
         ..AppState::new(hub, policies, shutdown.clone())
     };
     tracing::info!(
@@ -146,8 +182,13 @@ pub async fn run(
     let public_server = {
         let public_done = public_done.clone();
         let cors = crate::http::lean::StreamCors::new(&args.cors_origins);
+        let limits = crate::http::lean::ConnectionLimits {
+            idle_timeout: args.idle_timeout,
+            max_idle,
+        };
         async move {
-            let result = crate::http::lean::serve(public, public_app, public_state, cors).await;
+            let result =
+                crate::http::lean::serve(public, public_app, public_state, cors, limits).await;
             public_done.trigger();
             result
         }

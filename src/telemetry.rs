@@ -2,12 +2,15 @@
 //! at run time) and OpenTelemetry traces exported by OTLP when the standard
 //! `OTEL_*` variables ask for it.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
@@ -176,14 +179,35 @@ fn tracer_provider(replica_id: &str) -> Option<SdkTracerProvider> {
     )
 }
 
-/// Counts spans the exporter failed to send.
+/// Counts spans the exporter failed to send, and turns a panic of the exporter
+/// into a failed export: the batch processor's thread (the only one that sends
+/// spans) outlives a broken exporter instead of dying with it.
 #[derive(Debug)]
 struct CountingExporter<E>(E);
+
+/// What a panic of the exporter becomes.
+fn panicked(what: &str, payload: &(dyn std::any::Any + Send)) -> OTelSdkError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    tracing::error!(error = %message, "the OTLP exporter panicked during {what}");
+    OTelSdkError::InternalFailure(format!(
+        "the OTLP exporter panicked during {what}: {message}"
+    ))
+}
 
 impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let spans = batch.len() as u64;
-        let result = self.0.export(batch).await;
+        let result = match catch_unwind(AssertUnwindSafe(|| self.0.export(batch))) {
+            Ok(export) => AssertUnwindSafe(export)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|payload| Err(panicked("export", &*payload))),
+            Err(payload) => Err(panicked("export", &*payload)),
+        };
         if result.is_err() {
             metrics::counter!(crate::metrics::SPANS_DROPPED).increment(spans);
         }
@@ -191,15 +215,20 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
+        catch_unwind(AssertUnwindSafe(|| self.0.shutdown_with_timeout(timeout)))
+            .unwrap_or_else(|payload| Err(panicked("shutdown", &*payload)))
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
+        catch_unwind(AssertUnwindSafe(|| self.0.force_flush()))
+            .unwrap_or_else(|payload| Err(panicked("flush", &*payload)))
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.0.set_resource(resource)
+        let inner = &mut self.0;
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| inner.set_resource(resource))) {
+            panicked("set_resource", &*payload);
+        }
     }
 }
 
@@ -288,4 +317,55 @@ pub fn trace_id_of_context(context: &Context) -> Option<String> {
     span_context
         .is_valid()
         .then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{Span as _, Tracer, TracerProvider as _};
+
+    use super::*;
+
+    /// An exporter that panics on its first export and keeps what follows.
+    #[derive(Debug, Default)]
+    struct PanicsOnce {
+        calls: Mutex<u32>,
+        kept: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl SpanExporter for PanicsOnce {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let first = {
+                let mut calls = self.calls.lock().unwrap();
+                *calls += 1;
+                *calls == 1
+            };
+            assert!(!first, "the exporter breaks");
+            let mut kept = self.kept.lock().unwrap();
+            kept.extend(batch.into_iter().map(|s| s.name.into_owned()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panicking_exporter_fails_one_export_and_the_next_ones_go_out() {
+        let exporter = PanicsOnce::default();
+        let kept = exporter.kept.clone();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(CountingExporter(exporter))
+            .build();
+        let tracer = provider.tracer("test");
+        tracer.start("lost").end();
+        assert!(
+            provider.force_flush().is_err(),
+            "the panic is a failed export"
+        );
+        tracer.start("sent").end();
+        provider
+            .force_flush()
+            .expect("the batch processor survived the panic");
+        assert_eq!(*kept.lock().unwrap(), ["sent"]);
+        provider.shutdown().unwrap();
+    }
 }

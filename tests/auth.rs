@@ -527,6 +527,90 @@ async fn a_stream_ends_when_its_token_expires() {
     assert_refused(&again, 401, "invalid_token");
 }
 
+/// Reads `response`'s body until it holds `needle` (within [`WAIT`]).
+async fn read_until(response: reqwest::Response, needle: &str) -> String {
+    let mut body = String::new();
+    let mut chunks = response.bytes_stream();
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = chunks.next().await {
+            body.push_str(&String::from_utf8_lossy(
+                &chunk.expect("the stream goes on"),
+            ));
+            if body.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no {needle:?} on the stream: {body}");
+    body
+}
+
+#[tokio::test]
+async fn tokens_with_far_future_times_get_ordinary_answers() {
+    let dir = policies();
+    // The default leeway (5 s): `exp` = 2^63−1 plus the leeway is past what
+    // the clock can hold.
+    let replica = Replica::start(
+        "far",
+        None,
+        &[
+            "--jwt-secret",
+            SECRET,
+            "--policies",
+            dir.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    let streaming = reqwest::Client::new();
+    for (n, exp) in [i64::MAX as u64, u64::MAX, 1 << 62].into_iter().enumerate() {
+        let mut never = claims(&["private:*"], &["private:*"]);
+        never["exp"] = json!(exp);
+        let token = hs256(&never);
+        let channel = format!("private:never{n}");
+        let stream = streaming
+            .get(format!(
+                "{}&access_token={token}",
+                replica.stream_url(&[&channel])
+            ))
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("exp {exp}: a stream answer, not a dropped connection: {e}")
+            });
+        assert_eq!(stream.status(), 200, "exp {exp}");
+        let published = publish(
+            &replica,
+            Some(&token),
+            json!({"channel": channel, "data": {"n": n}}),
+        )
+        .await;
+        assert_eq!(published.status, 200, "exp {exp}: {}", published.body);
+        // The stream was not ended at once by an expiry timer.
+        read_until(stream, &format!("data: {{\"n\":{n}}}")).await;
+    }
+
+    let event = json!({"channel": "private:1", "data": 1});
+    for nbf in [i64::MAX as u64, u64::MAX] {
+        let mut later = claims(&["private:*"], &["private:*"]);
+        later["nbf"] = json!(nbf);
+        let token = hs256(&later);
+        let refused = publish(&replica, Some(&token), event.clone()).await;
+        assert_refused(&refused, 401, "invalid_token");
+        assert!(
+            refused.message().contains("not valid yet"),
+            "{}",
+            refused.message()
+        );
+        let url = format!(
+            "{}&access_token={token}",
+            replica.stream_url(&["private:1"])
+        );
+        assert_refused(&open_stream(url, |r| r).await, 401, "invalid_token");
+    }
+}
+
 #[tokio::test]
 async fn the_admin_api_takes_its_own_token() {
     let replica = Replica::start("a", None, &["--admin-token", "admin-secret"]).await;

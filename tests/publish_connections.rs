@@ -2,7 +2,9 @@
 //! one after another and pipelined, bodies split over several writes, another
 //! route on the same connection, `Connection: close`, shutdown between
 //! requests. The answers must be those of the router (same status, body and
-//! headers), whichever path serves them.
+//! headers), whichever path serves them. Kept-alive connections are held to
+//! the same limits on every request: head limits, the idle timeout, the cap
+//! on idle connections; and they give back what a large request took.
 
 mod common;
 
@@ -95,6 +97,25 @@ impl Connection {
                 (name.trim().to_ascii_lowercase(), value.trim().to_owned())
             })
             .collect();
+        if status < 200 || status == 431 {
+            // Informational answers and hyper's 431 have no body.
+            let length: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            if self.buffer.len() < end + length {
+                return None;
+            }
+            let body =
+                serde_json::from_slice(&self.buffer[end..end + length]).unwrap_or(Value::Null);
+            self.buffer.drain(..end + length);
+            return Some(Answer {
+                version,
+                status,
+                headers,
+                body,
+            });
+        }
         if status < 200 {
             self.buffer.drain(..end);
             return Some(Answer {
@@ -290,4 +311,231 @@ async fn connection_close_and_shutdown_end_kept_alive_connections() {
     idle.wait_closed().await;
     let status = replica.wait_exit(WAIT).await;
     assert!(status.success(), "{status:?}");
+}
+
+/// Open file descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Sets the open-files limit (soft and hard) of a running process.
+fn set_open_files_limit(pid: u32, limit: usize) {
+    let limit = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: limit as libc::rlim_t,
+    };
+    // SAFETY: plain system call on valid pointers.
+    let done = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Opens a connection that publishes one event on it and stays open.
+async fn idle_publisher(replica: &Replica, body: &str) -> Connection {
+    let mut connection = Connection::open(replica).await;
+    connection.send(&publish_request(1, body, "")).await;
+    id_of(&connection.answer().await);
+    connection
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_kept_alive_connections_are_closed_after_the_idle_timeout() {
+    let replica = Replica::start("a", None, &["--idle-timeout", "1s"]).await;
+    // A publisher served on the socket, a connection hyper serves, and one
+    // that never sends a request: each is closed once idle for the timeout.
+    let mut publisher = idle_publisher(&replica, &event("idle", 1)).await;
+    let mut other = Connection::open(&replica).await;
+    other
+        .send(b"GET /v1/openapi.json HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert_eq!(other.answer().await.status, 200);
+    let mut silent = Connection::open(&replica).await;
+    publisher.wait_closed().await;
+    other.wait_closed().await;
+    silent.wait_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_publish_connections_give_back_what_a_large_body_took() {
+    const CONNECTIONS: usize = 300;
+    // No history: the events themselves are not what is measured.
+    let replica = Replica::start(
+        "a",
+        None,
+        &[
+            "--idle-timeout",
+            "10m",
+            "--max-idle-connections",
+            "1000",
+            "--history-max-events",
+            "0",
+        ],
+    )
+    .await;
+    let big = json!({"channel": "big", "data": "x".repeat(60_000)}).to_string();
+    // Warm up: the allocator has served large bodies before the baseline.
+    let mut warm = idle_publisher(&replica, &big).await;
+    for _ in 0..5 {
+        warm.send(&publish_request(1, &big, "")).await;
+        id_of(&warm.answer().await);
+    }
+    drop(warm);
+    let baseline = replica.rss_kib();
+
+    let mut idle = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        idle.push(idle_publisher(&replica, &big).await);
+    }
+    // Each idle connection keeps a few KiB (its task, socket and a small
+    // buffer), not the 60 KB its body took.
+    let limit = baseline + (CONNECTIONS as u64) * 16;
+    let rss = wait_for("RSS near the baseline", WAIT, || {
+        let rss = replica.rss_kib();
+        async move { (rss <= limit).then_some(rss) }
+    })
+    .await;
+    eprintln!(
+        "RSS {baseline} KiB before, {rss} KiB with {CONNECTIONS} idle connections that each sent 60 KB"
+    );
+    // They are still open and serve on.
+    for connection in &mut idle {
+        connection
+            .send(&publish_request(1, &event("big", 1), ""))
+            .await;
+        id_of(&connection.answer().await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_publish_connections_do_not_stop_a_new_stream_from_opening() {
+    const MAX_IDLE: usize = 16;
+    const MAX_STREAMS: usize = 8;
+    let replica = Replica::start(
+        "a",
+        None,
+        &[
+            "--idle-timeout",
+            "10m",
+            "--max-idle-connections",
+            &MAX_IDLE.to_string(),
+            "--max-streams",
+            &MAX_STREAMS.to_string(),
+        ],
+    )
+    .await;
+    // Room for the caps, and more: the open-files limit is not what keeps
+    // the idle connections down.
+    let baseline = fd_count(replica.pid());
+    set_open_files_limit(replica.pid(), baseline + MAX_IDLE + MAX_STREAMS + 64);
+
+    // Far more idle publishers than the cap: the oldest make room.
+    let mut publishers = Vec::new();
+    for n in 0..200 {
+        publishers.push(idle_publisher(&replica, &event("p", n)).await);
+    }
+    publishers[0].wait_closed().await;
+    let pid = replica.pid();
+    let open = wait_for("the idle connections over the cap to close", WAIT, || {
+        let open = fd_count(pid);
+        async move { (open <= baseline + MAX_IDLE + 4).then_some(open) }
+    })
+    .await;
+    eprintln!("descriptors: {baseline} before, {open} with 200 idle publishers");
+
+    // Streams open, and events reach them.
+    let mut subscriber = Subscriber::connect(vec![replica.stream_url(&["s"])], None).await;
+    let id = publish(&replica, "s", json!({"n": 1})).await;
+    assert_eq!(subscriber.next_event().await.id, Some(id));
+    // The newest publishers were kept.
+    let last = publishers.last_mut().unwrap();
+    last.send(&publish_request(1, &event("p", 1), "")).await;
+    id_of(&last.answer().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_closes_idle_connections_rather_than_stalling_accept() {
+    // No cap on idle connections: only the open-files limit stops them.
+    let replica = Replica::start(
+        "a",
+        None,
+        &["--idle-timeout", "10m", "--max-idle-connections", "0"],
+    )
+    .await;
+    set_open_files_limit(replica.pid(), fd_count(replica.pid()) + 24);
+    // Every one is accepted and answered, more than the limit allows open at
+    // once: accept makes room by closing the oldest idle ones.
+    let mut publishers = Vec::new();
+    for n in 0..60 {
+        publishers.push(idle_publisher(&replica, &event("p", n)).await);
+    }
+    publishers[0].wait_closed().await;
+    let mut subscriber = Subscriber::connect(vec![replica.stream_url(&["s"])], None).await;
+    let id = publish(&replica, "s", json!({"n": 1})).await;
+    assert_eq!(subscriber.next_event().await.id, Some(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_limits_hold_for_every_request_of_a_connection() {
+    let replica = Replica::start("a", None, &[]).await;
+    // A publish has 3 headers of its own (host, content-type, content-length).
+    let body = event("l", 2);
+    let headers = |n: usize| -> String { (3..n).map(|i| format!("x-h{i}: 1\r\n")).collect() };
+    // A header line that makes the whole head `size` bytes long.
+    let head_of = |size: usize| -> String {
+        let plain = publish_request(1, &body, "").len() - body.len();
+        format!(
+            "x-big: {}\r\n",
+            "a".repeat(size - plain - "x-big: \r\n".len())
+        )
+    };
+    let openers: [(&str, Vec<u8>); 2] = [
+        ("after a publish", publish_request(1, &event("l", 1), "")),
+        (
+            "after a request hyper serves",
+            b"GET /v1/openapi.json HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (what, extra, refused) in [
+        ("64 headers", headers(64), false),
+        ("65 headers", headers(65), true),
+        ("a 16 KiB head", head_of(16 * 1024), false),
+        ("a 17 KiB head", head_of(17 * 1024), true),
+    ] {
+        let request = publish_request(1, &body, &extra);
+        // As the first request of a connection.
+        let mut first = Connection::open(&replica).await;
+        first.send(&request).await;
+        let first_answer = first.answer().await;
+        assert_eq!(
+            first_answer.status,
+            if refused { 431 } else { 200 },
+            "{what}"
+        );
+        if refused {
+            first.wait_closed().await;
+        }
+        // As a later request: answered the same way.
+        for (after, opener) in &openers {
+            let mut later = Connection::open(&replica).await;
+            later.send(opener).await;
+            assert_eq!(later.answer().await.status, 200, "{after}");
+            later.send(&request).await;
+            let answer = later.answer().await;
+            assert_eq!(
+                answer.status, first_answer.status,
+                "{what} {after}: {answer:?}"
+            );
+            if refused {
+                later.wait_closed().await;
+            }
+        }
+    }
 }

@@ -85,6 +85,8 @@ pub struct Grants {
     publish: Vec<CompiledPattern>,
     /// When the token stops being accepted (its `exp` plus the leeway).
     pub expires_at: Option<SystemTime>,
+    /// Who the token is for (`sub`).
+    pub subject: Option<String>,
 }
 
 impl Grants {
@@ -105,13 +107,28 @@ impl Grants {
             .any(|p| p.text.chars().all(|c| c == '*'))
     }
 
-    /// Time left until expiry (`None`: the token does not expire).
+    /// Time left until expiry (`None`: the token does not expire, or not within
+    /// [`NEVER_EXPIRES`], which callers can arm a timer for without overflow).
     pub fn time_left(&self) -> Option<Duration> {
-        self.expires_at.map(|at| {
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        })
+        let at = self.expires_at?;
+        let left = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        (left < NEVER_EXPIRES).then_some(left)
     }
+}
+
+/// A token valid for longer than this is treated as never expiring: no timer
+/// is armed for it (about a century; `exp` = 2^63−1 is a common "never").
+pub const NEVER_EXPIRES: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// When a token with `exp` (Unix seconds) stops being accepted: `exp` plus
+/// `leeway`; `None` (never) when that instant is beyond what the clock can
+/// represent.
+fn expiry(exp: u64, leeway: Duration) -> Option<SystemTime> {
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp))?
+        .checked_add(leeway)
 }
 
 /// Why a request was refused.
@@ -205,7 +222,8 @@ impl Authenticator {
             )));
         }
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.rules.leeway.as_secs();
+        // Bounded: the library adds the leeway to the current time in seconds.
+        validation.leeway = self.rules.leeway.as_secs().min(u64::from(u32::MAX));
         validation.required_spec_claims.clear();
         validation.validate_nbf = true;
         // `exp` is checked below, as RFC 7519 has it: invalid from that second
@@ -233,9 +251,7 @@ impl Authenticator {
     }
 
     fn grants(&self, claims: Claims) -> Result<Grants, AuthError> {
-        let expires_at = claims
-            .exp
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp) + self.rules.leeway);
+        let expires_at = claims.exp.and_then(|exp| expiry(exp, self.rules.leeway));
         if expires_at.is_some_and(|at| SystemTime::now() >= at) {
             return Err(AuthError::Invalid(describe(&ErrorKind::ExpiredSignature)));
         }
@@ -252,6 +268,7 @@ impl Authenticator {
             subscribe: compile(&claims.sseplane.subscribe, "subscribe")?,
             publish: compile(&claims.sseplane.publish, "publish")?,
             expires_at,
+            subject: claims.sub,
         })
     }
 
@@ -328,5 +345,35 @@ fn describe(kind: &ErrorKind) -> String {
             "malformed token (expected three base64url parts)".to_owned()
         }
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants_until(expires_at: Option<SystemTime>) -> Grants {
+        Grants {
+            subscribe: vec![],
+            publish: vec![],
+            expires_at,
+            subject: None,
+        }
+    }
+
+    #[test]
+    fn far_future_expiry_saturates_to_never() {
+        let leeway = Duration::from_secs(5);
+        for exp in [u64::MAX, i64::MAX as u64, i64::MAX as u64 - 4, 1 << 62] {
+            let at = expiry(exp, leeway);
+            let grants = grants_until(at);
+            assert_eq!(grants.time_left(), None, "exp {exp}: never expires");
+        }
+        let soon = expiry(1_000, Duration::ZERO).unwrap();
+        assert_eq!(soon, UNIX_EPOCH + Duration::from_secs(1_000));
+        assert_eq!(grants_until(Some(soon)).time_left(), Some(Duration::ZERO));
+        let hour = SystemTime::now() + Duration::from_secs(3600);
+        let left = grants_until(Some(hour)).time_left().unwrap();
+        assert!(left > Duration::from_secs(3590) && left <= Duration::from_secs(3600));
     }
 }

@@ -7,6 +7,7 @@
 pub mod memory;
 mod pipeline;
 pub mod redis;
+pub mod shared_reads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,20 +21,31 @@ use crate::policy::Retention;
 /// Why the backplane could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BackplaneError {
-    /// Redis is unreachable, timed out, or refuses writes.
+    /// Redis is unreachable, timed out, or refuses writes; nothing was done.
     #[error("backplane unavailable: {0}")]
     Unavailable(String),
+    /// A publish that may not create channels named `count` channels that do
+    /// not exist; nothing was done.
+    #[error("{count} of the channels do not exist yet")]
+    NewChannels {
+        /// How many.
+        count: u32,
+    },
+    /// A publish was sent to Redis but its answer did not come: it may or may
+    /// not have been published.
+    #[error("the publish was sent to Redis but no answer came: {0}")]
+    OutcomeUnknown(String),
 }
 
 impl From<::redis::RedisError> for BackplaneError {
     fn from(e: ::redis::RedisError) -> Self {
-        let text = e.to_string();
-        if text.contains("ReadOnly") || text.contains("READONLY") {
+        use ::redis::{ErrorKind, ServerErrorKind};
+        if e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) {
             return BackplaneError::Unavailable(format!(
-                "READONLY: Redis refuses writes (a read-only replica, e.g. after a failover): {text}"
+                "READONLY: Redis refuses writes (a read-only replica, e.g. after a failover): {e}"
             ));
         }
-        BackplaneError::Unavailable(text)
+        BackplaneError::Unavailable(e.to_string())
     }
 }
 
@@ -49,7 +61,7 @@ pub struct PublishItem<'a> {
 }
 
 /// What history holds after a position.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct History {
     /// False when the channel has no history at all (never published, expired,
     /// or lost with Redis's data).
@@ -148,10 +160,13 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Appends each item to its channel's history and notifies every replica, as
     /// one atomic step: either all items are published or none is. Returns the
-    /// position of each item.
+    /// position of each item. Unless `create` is set, a channel with no state
+    /// yet (never published, or expired) makes it publish nothing and answer
+    /// [`BackplaneError::NewChannels`].
     fn publish<'a>(
         &'a self,
         items: &'a [PublishItem<'a>],
+        create: bool,
     ) -> BoxFuture<'a, Result<Vec<Position>, BackplaneError>>;
 
     /// Sends an event to every stream of every replica; returns the replicas reached.
@@ -165,14 +180,18 @@ pub trait Backplane: Send + Sync + 'static {
     /// Stops live delivery of `channel` to this replica.
     fn unsubscribe(&self, channel: Arc<str>);
 
-    /// What history holds after `after`, at most `limit` events, none older than `max_age`.
+    /// What history holds after `after`: the newest `limit` events, none older
+    /// than `max_age`. The caller's live delivery of `channel` has been in place
+    /// since `live_since`, so a read sent after that instant serves it and may
+    /// be shared with other resumes.
     fn history<'a>(
         &'a self,
         channel: &'a str,
         after: Position,
         max_age: Duration,
         limit: usize,
-    ) -> BoxFuture<'a, Result<History, BackplaneError>>;
+        live_since: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<Arc<History>, BackplaneError>>;
 
     /// The backplane's readiness.
     fn health(&self) -> Health;

@@ -9,10 +9,12 @@
 //! - `<p>:l:{<channel>}` — the channel's last id;
 //! - `<p>:m:{<channel>}` — the pub/sub channel, messages `<id>\n<envelope>`;
 //! - `<p>:broadcast` — the pub/sub channel of broadcasts, messages `<envelope>`;
-//! - `<p>:replicas` (sorted set) and `<p>:replica:<id>` — the cluster view.
+//! - `<p>:replicas` (sorted set) and `<p>:replica:<id>` — the cluster view;
+//! - `<p>:ping:<id>` — the pub/sub channel on which a replica's heartbeat
+//!   reaches its own subscriber, proving the subscription carries messages.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -22,7 +24,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{AsyncCommands, Client, Msg, Script};
 use tokio::sync::{mpsc, oneshot};
 
-use super::pipeline::ScriptPipeline;
+use super::pipeline::{classify_sent, ScriptPipeline};
+use super::shared_reads::{ReadKey, SharedReads};
 use super::{
     rfc3339_ms, Backplane, BackplaneError, Check, EventSink, Health, History, PublishItem,
     ReplicaReport,
@@ -33,6 +36,9 @@ use crate::event::{now_ms, EventBody, Position};
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often this replica proves Redis accepts writes and reports its figures.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// The subscription counts as dead when its own heartbeat has not come back
+/// over it for this long (a connection cut without a close looks open).
+const SUBSCRIPTION_STALE_AFTER: Duration = Duration::from_secs(3);
 /// A replica that has not reported for this long drops out of the cluster view.
 const REPLICA_EXPIRY: Duration = Duration::from_secs(15);
 /// Keys of idle channels live at least this long, so that a channel's ids keep
@@ -42,26 +48,57 @@ const MIN_KEY_TTL_MS: u64 = 3_600_000;
 const SUBSCRIBE_BATCH: usize = 512;
 /// Most received messages delivered before the parked streams are flushed.
 const MESSAGE_BATCH: usize = 256;
+/// History reads for resuming streams under way at once (each on the replay
+/// connection; resumes from the same position share one).
+const REPLAY_READS: usize = 4;
+/// Most events a channel catches up after the subscription reconnected; when
+/// more were missed, the oldest are announced as a gap instead.
+const CATCH_UP_LIMIT: usize = 10_000;
+/// How long one history read may take: replies can be large.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Appends each event to its channel's stream and publishes it, trimming the
-/// stream with the operator the replica chose ([`trim_operator`]). Reads take
+/// stream with the operator the replica chose ([`trim_operator`]). A channel
+/// that keeps no history has no stream, only its last id. Reads take
 /// the newest `max_events` entries and trim by age exactly, so a replay is
 /// exact however the stream was trimmed.
 const PUBLISH_SCRIPT: &str = r"
-local ids = {}
+local ids, prevs, new = {}, {}, 0
+for i = 1, #KEYS / 2 do
+  prevs[i] = redis.call('GET', KEYS[2 * i])
+  if not prevs[i] then new = new + 1 end
+end
+-- The last argument says whether channels may be created.
+if new > 0 and ARGV[#ARGV] == '0' then
+  return {'new', tostring(new)}
+end
 for i = 1, #KEYS / 2 do
   local hist, last_key = KEYS[2 * i - 1], KEYS[2 * i]
   local a = (i - 1) * 6
   local chan, trim, max_events, max_age, ttl, msg = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-  local prev = redis.call('GET', last_key) or '0-0'
-  local id = redis.call('XADD', hist, 'MAXLEN', trim, max_events, '*', 'p', prev, 'm', msg)
-  if max_age ~= '0' then
-    -- The new id's milliseconds are Redis's clock: no TIME call needed.
-    local now = tonumber(string.match(id, '^(%d+)'))
-    redis.call('XTRIM', hist, 'MINID', trim, string.format('%d', now - tonumber(max_age)))
+  local prev = prevs[i] or '0-0'
+  local id
+  if max_events == '0' then
+    -- No history: no stream at all (a new stream takes ~4 KB); the id is the
+    -- next one after the channel's last, from Redis's clock.
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local last_ms, last_seq = string.match(prev, '^(%d+)-(%d+)$')
+    if now > tonumber(last_ms) then
+      id = string.format('%d-0', now)
+    else
+      id = last_ms .. '-' .. string.format('%d', tonumber(last_seq) + 1)
+    end
+  else
+    id = redis.call('XADD', hist, 'MAXLEN', trim, max_events, '*', 'p', prev, 'm', msg)
+    if max_age ~= '0' then
+      -- The new id's milliseconds are Redis's clock: no TIME call needed.
+      local now = tonumber(string.match(id, '^(%d+)'))
+      redis.call('XTRIM', hist, 'MINID', trim, string.format('%d', now - tonumber(max_age)))
+    end
+    redis.call('PEXPIRE', hist, ttl)
   end
   redis.call('SET', last_key, id, 'PX', ttl)
-  redis.call('PEXPIRE', hist, ttl)
   redis.call('PUBLISH', chan, id .. '\n' .. msg)
   ids[i] = id
 end
@@ -130,6 +167,9 @@ impl Keys {
     fn replica(&self, id: &str) -> String {
         format!("{}:replica:{id}", self.prefix)
     }
+    fn ping(&self, id: &str) -> String {
+        format!("{}:ping:{id}", self.prefix)
+    }
     /// The sseplane channel of a pub/sub channel name, if it is one of ours.
     fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
         pubsub
@@ -144,6 +184,26 @@ struct State {
     redis: Mutex<Check>,
     subscription_live: AtomicBool,
     subscription_message: Mutex<String>,
+    /// When this replica's heartbeat last came back over the subscription
+    /// (Unix ms; 0: not since it connected).
+    last_ping_ms: AtomicU64,
+}
+
+impl State {
+    /// How long ago the subscription last carried a heartbeat, if ever since
+    /// it connected.
+    fn ping_age(&self) -> Option<Duration> {
+        match self.last_ping_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(Duration::from_millis(now_ms().saturating_sub(at))),
+        }
+    }
+
+    /// True when the subscription carried a heartbeat recently.
+    fn subscription_carries(&self) -> bool {
+        self.ping_age()
+            .is_some_and(|age| age <= SUBSCRIPTION_STALE_AFTER)
+    }
 }
 
 enum PubSubCommand {
@@ -154,7 +214,12 @@ enum PubSubCommand {
 /// Backplane shared by every replica through one Redis.
 pub struct RedisBackplane {
     client: Client,
+    /// Publishes, the heartbeat (readiness) and small reads.
     conn: ConnectionManager,
+    /// History reads, whose replies can be large: they never delay a
+    /// publish or a readiness check.
+    replay: ConnectionManager,
+    reads: Arc<SharedReads>,
     keys: Keys,
     replica_id: String,
     publish: ScriptPipeline,
@@ -178,12 +243,18 @@ impl RedisBackplane {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        let replay = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            config.set_response_timeout(Some(REPLAY_TIMEOUT)),
+        )?;
         let publish = ScriptPipeline::new(conn.clone(), Script::new(PUBLISH_SCRIPT));
         let (commands, command_rx) = mpsc::unbounded_channel();
         Ok(RedisBackplane {
             client,
             conn,
+            replay,
+            reads: Arc::new(SharedReads::new(REPLAY_READS)),
             keys: Keys {
                 prefix: prefix.to_owned(),
             },
@@ -194,6 +265,7 @@ impl RedisBackplane {
                 redis: Mutex::new(Check::fail("not checked yet")),
                 subscription_live: AtomicBool::new(false),
                 subscription_message: Mutex::new("not connected yet".to_owned()),
+                last_ping_ms: AtomicU64::new(0),
             }),
             commands,
             command_rx: Mutex::new(Some(command_rx)),
@@ -215,6 +287,27 @@ async fn timed<T>(
         Err(_) => Err(BackplaneError::Unavailable(
             "Redis did not answer in time".into(),
         )),
+    }
+}
+
+/// Runs a read for at most `limit`, once more when its connection turned out
+/// to be broken (e.g. Redis restarted since the connection's last command): a
+/// read is safe to repeat, and the second attempt goes over a new connection.
+async fn read_retrying<T, F, Fut>(limit: Duration, mut read: F) -> Result<T, BackplaneError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let timed_out = || BackplaneError::Unavailable("Redis did not answer in time".into());
+    match tokio::time::timeout(limit, read()).await {
+        Ok(Err(e)) if e.is_connection_dropped() && !e.is_timeout() => {
+            match tokio::time::timeout(limit, read()).await {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(timed_out()),
+            }
+        }
+        Ok(result) => Ok(result?),
+        Err(_) => Err(timed_out()),
     }
 }
 
@@ -240,8 +333,10 @@ impl Backplane for RedisBackplane {
             .take()
             .expect("started once");
         let subscriber = Subscriber {
+            ping: self.keys.ping(&self.replica_id),
             client: self.client.clone(),
             conn: self.conn.clone(),
+            replay: self.replay.clone(),
             keys: self.keys.clone(),
             history_script: self.history_script.clone(),
             state: self.state.clone(),
@@ -260,9 +355,10 @@ impl Backplane for RedisBackplane {
     fn publish<'a>(
         &'a self,
         items: &'a [PublishItem<'a>],
+        create: bool,
     ) -> BoxFuture<'a, Result<Vec<Position>, BackplaneError>> {
         Box::pin(async move {
-            // EVALSHA sha 2n KEYS… then ARGV: 6 per item.
+            // EVALSHA sha 2n KEYS… then ARGV: 6 per item, then `create`.
             let mut cmd = self.publish.command(2 * items.len());
             for item in items {
                 cmd.arg(self.keys.history(item.channel))
@@ -284,7 +380,20 @@ impl Backplane for RedisBackplane {
                     .arg(max_age_ms.max(MIN_KEY_TTL_MS))
                     .arg(item.body.encode());
             }
-            let ids = timed(self.publish.call(cmd)).await?;
+            cmd.arg(if create { "1" } else { "0" });
+            // Refused up front while the heartbeat finds Redis down: nothing
+            // is sent, so the answer "not published" is certain.
+            if !self.redis_up() {
+                let reason = self.state.redis.lock().expect("state lock").message.clone();
+                return Err(BackplaneError::Unavailable(reason));
+            }
+            let ids = self.publish.call(cmd, COMMAND_TIMEOUT * 2).await?;
+            if let [tag, count] = ids.as_slice() {
+                if tag == "new" {
+                    let count = count.parse().unwrap_or(1);
+                    return Err(BackplaneError::NewChannels { count });
+                }
+            }
             ids.iter().map(|id| parse_position(id)).collect()
         })
     }
@@ -294,9 +403,20 @@ impl Backplane for RedisBackplane {
         body: &'a EventBody,
     ) -> BoxFuture<'a, Result<usize, BackplaneError>> {
         Box::pin(async move {
+            if !self.redis_up() {
+                let reason = self.state.redis.lock().expect("state lock").message.clone();
+                return Err(BackplaneError::Unavailable(reason));
+            }
             let mut conn = self.conn.clone();
-            let reached: usize = timed(conn.publish(self.keys.broadcast(), body.encode())).await?;
-            Ok(reached)
+            // Once sent, a broadcast whose answer is lost may have gone out.
+            let sent = conn.publish(self.keys.broadcast(), body.encode());
+            match tokio::time::timeout(COMMAND_TIMEOUT * 2, sent).await {
+                Ok(Ok(reached)) => Ok(reached),
+                Ok(Err(e)) => Err(classify_sent(e)),
+                Err(_) => Err(BackplaneError::OutcomeUnknown(
+                    "Redis did not answer in time".into(),
+                )),
+            }
         })
     }
 
@@ -320,16 +440,30 @@ impl Backplane for RedisBackplane {
         after: Position,
         max_age: Duration,
         limit: usize,
-    ) -> BoxFuture<'a, Result<History, BackplaneError>> {
-        Box::pin(read_history(
-            self.conn.clone(),
-            &self.history_script,
-            &self.keys,
-            channel,
+        live_since: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<Arc<History>, BackplaneError>> {
+        let key = ReadKey {
+            channel: channel.to_owned(),
             after,
             max_age,
             limit,
-        ))
+        };
+        let (conn, script, keys, name) = (
+            self.replay.clone(),
+            self.history_script.clone(),
+            self.keys.clone(),
+            channel.to_owned(),
+        );
+        let reads = self.reads.clone();
+        Box::pin(async move {
+            reads
+                .read(key, live_since, move || {
+                    Box::pin(async move {
+                        read_history(conn, &script, &keys, &name, after, max_age, limit).await
+                    })
+                })
+                .await
+        })
     }
 
     fn health(&self) -> Health {
@@ -340,10 +474,18 @@ impl Backplane for RedisBackplane {
             .lock()
             .expect("state lock")
             .clone();
-        let subscription = if self.state.subscription_live.load(Ordering::Acquire) {
+        let subscription = if !self.state.subscription_live.load(Ordering::Acquire) {
+            Check::fail(message)
+        } else if self.state.subscription_carries() {
             Check::ok(message)
         } else {
-            Check::fail(message)
+            Check::fail(match self.state.ping_age() {
+                None => "subscribed; waiting for the heartbeat to come back over it".to_owned(),
+                Some(age) => format!(
+                    "no message over the subscription for {:.1} s (its connection may be cut)",
+                    age.as_secs_f64()
+                ),
+            })
         };
         Health {
             redis,
@@ -379,7 +521,7 @@ impl Backplane for RedisBackplane {
 type StreamEntry = (String, HashMap<String, String>);
 
 async fn read_history(
-    mut conn: ConnectionManager,
+    conn: ConnectionManager,
     script: &Script,
     keys: &Keys,
     channel: &str,
@@ -387,16 +529,19 @@ async fn read_history(
     max_age: Duration,
     limit: usize,
 ) -> Result<History, BackplaneError> {
-    let (exists, last, entries): (i64, String, Vec<StreamEntry>) = timed(
-        script
-            .key(keys.history(channel))
-            .key(keys.last(channel))
-            .arg(after.to_string())
-            .arg(max_age.as_millis() as u64)
-            .arg(limit)
-            .invoke_async(&mut conn),
-    )
-    .await?;
+    let mut invocation = script.key(keys.history(channel));
+    invocation
+        .key(keys.last(channel))
+        .arg(after.to_string())
+        .arg(max_age.as_millis() as u64)
+        .arg(limit);
+    let invocation = &invocation;
+    let (exists, last, entries): (i64, String, Vec<StreamEntry>) =
+        read_retrying(REPLAY_TIMEOUT, || {
+            let mut conn = conn.clone();
+            async move { invocation.invoke_async(&mut conn).await }
+        })
+        .await?;
     if exists == 0 {
         return Ok(History {
             exists: false,
@@ -405,12 +550,17 @@ async fn read_history(
     }
     let last = parse_position(&last)?;
     let mut events = Vec::with_capacity(entries.len());
+    // The first entry after `after` must follow it directly. An entry whose
+    // predecessor is later was preceded by trimmed events; one whose
+    // predecessor is earlier (`0-0` after Redis lost its data, or expired
+    // keys) starts a history that does not know `after`: events may be lost
+    // either way.
     let mut gap = match entries.first() {
         Some((_, fields)) => {
             let prev = parse_position(fields.get("p").map(String::as_str).unwrap_or("0-0"))?;
-            prev > after
+            prev != after
         }
-        None => last > after,
+        None => last != after,
     };
     for (id, fields) in &entries {
         let body = fields.get("m").and_then(|m| EventBody::decode(m).ok());
@@ -433,8 +583,11 @@ async fn read_history(
 /// Owns the pub/sub connection: (re)subscribes, catches up after reconnects,
 /// and hands every message to the sink in order.
 struct Subscriber {
+    /// This replica's heartbeat channel.
+    ping: String,
     client: Client,
     conn: ConnectionManager,
+    replay: ConnectionManager,
     keys: Keys,
     history_script: Script,
     state: Arc<State>,
@@ -496,7 +649,8 @@ impl Subscriber {
     ) -> Result<(PubSubSink, redis::aio::PubSubStream), BackplaneError> {
         let pubsub = timed(self.client.get_async_pubsub()).await?;
         let (mut sink, stream) = pubsub.split();
-        timed(sink.subscribe(self.keys.broadcast())).await?;
+        self.state.last_ping_ms.store(0, Ordering::Release);
+        timed(sink.subscribe(vec![self.keys.broadcast(), self.ping.clone()])).await?;
         let names: Vec<&Arc<str>> = wanted.iter().collect();
         for batch in names.chunks(SUBSCRIBE_BATCH) {
             let pubsub: Vec<String> = batch.iter().map(|c| self.keys.pubsub(c)).collect();
@@ -516,13 +670,13 @@ impl Subscriber {
             return Ok(());
         };
         let history = read_history(
-            self.conn.clone(),
+            self.replay.clone(),
             &self.history_script,
             &self.keys,
             channel,
             position,
             Duration::ZERO,
-            usize::MAX >> 1,
+            CATCH_UP_LIMIT,
         )
         .await?;
         if !history.exists {
@@ -546,8 +700,24 @@ impl Subscriber {
         wanted: &mut HashSet<Arc<str>>,
         commands: &mut mpsc::UnboundedReceiver<PubSubCommand>,
     ) {
+        let mut check = tokio::time::interval(HEARTBEAT_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let connected = tokio::time::Instant::now();
         loop {
             tokio::select! {
+                _ = check.tick() => {
+                    // Redis answers commands, yet this connection has carried
+                    // no heartbeat for a while: it is cut without a close.
+                    let redis_up = self.state.redis.lock().expect("state lock").ok;
+                    let silent = match self.state.ping_age() {
+                        Some(age) => age > SUBSCRIPTION_STALE_AFTER,
+                        None => connected.elapsed() > SUBSCRIPTION_STALE_AFTER,
+                    };
+                    if redis_up && silent {
+                        tracing::warn!("backplane subscription carries no messages; reconnecting");
+                        return;
+                    }
+                }
                 message = stream.next() => match message {
                     Some(message) => {
                         self.on_message(&message);
@@ -620,13 +790,16 @@ impl Subscriber {
         // Positions are read after the subscription is confirmed: every event
         // after them is delivered live.
         let keys: Vec<String> = acks.iter().map(|(c, _)| self.keys.last(c)).collect();
-        let mut conn = self.conn.clone();
-        let positions: Result<Vec<Option<String>>, _> = timed(async {
-            if keys.len() == 1 {
-                let one: Option<String> = conn.get(&keys[0]).await?;
-                Ok(vec![one])
-            } else {
-                conn.mget(&keys).await
+        let positions: Result<Vec<Option<String>>, _> = read_retrying(COMMAND_TIMEOUT * 2, || {
+            let mut conn = self.conn.clone();
+            let keys = &keys;
+            async move {
+                if keys.len() == 1 {
+                    let one: Option<String> = conn.get(&keys[0]).await?;
+                    Ok(vec![one])
+                } else {
+                    conn.mget(keys).await
+                }
             }
         })
         .await;
@@ -683,6 +856,8 @@ impl Subscriber {
                 Some((position, body)) => self.sink.deliver(channel, position, &body),
                 None => tracing::warn!(channel, "dropping a malformed backplane message"),
             }
+        } else if name == self.ping {
+            self.state.last_ping_ms.store(now_ms(), Ordering::Release);
         } else if name == self.keys.broadcast() {
             match EventBody::decode(payload) {
                 Ok(body) => self.sink.deliver_broadcast(&body),
@@ -740,6 +915,8 @@ async fn heartbeat(
                     "-inf",
                     now.saturating_sub(REPLICA_EXPIRY.as_millis() as u64),
                 )
+                .ignore()
+                .publish(keys.ping(&replica_id), now)
                 .ignore()
                 .query_async(&mut conn),
         )

@@ -3,11 +3,13 @@
 //!
 //! Modes: `latency` (publish→receive percentiles at a fixed rate, lost and
 //! duplicated events), `fanout` (deliveries per second and per server
-//! CPU-second), `idle` (open streams held, server memory per stream). It only
-//! ever talks to loopback addresses.
+//! CPU-second), `idle` (open streams held, server memory per stream), and the
+//! fault loads of [`storm`]: `resume-storm` and `churn`. It only ever talks to
+//! loopback addresses.
 
 pub mod post;
 pub mod procstat;
+pub mod storm;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -34,6 +36,10 @@ pub enum Mode {
     Fanout,
     /// Memory per open, idle stream.
     Idle,
+    /// Every client of a lost replica resuming at once on another.
+    ResumeStorm,
+    /// Streams opening and closing for `--duration`; memory and fds after.
+    Churn,
 }
 
 /// Arguments of `sseplane bench`.
@@ -87,6 +93,15 @@ pub struct BenchArgs {
     /// Redis to count commands per published event (`INFO commandstats`).
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// How long the clients stay away before resuming (resume-storm).
+    #[arg(long, default_value = "3s", value_parser = crate::config::parse_duration)]
+    pub behind: Duration,
+    /// The receiving replica's `/readyz`, polled during the wave (resume-storm).
+    #[arg(long)]
+    pub readyz_url: Option<String>,
+    /// Longest life of one stream (churn).
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub lifetime: Duration,
     /// Print progress every second.
     #[arg(long)]
     pub progress: bool,
@@ -106,7 +121,7 @@ struct Tally {
     unique: AtomicU64,
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -114,7 +129,7 @@ fn now_us() -> u64 {
 }
 
 /// Reads a non-negative integer field `"name":123` out of a JSON text.
-fn number_field(text: &str, name: &str) -> Option<u64> {
+pub(crate) fn number_field(text: &str, name: &str) -> Option<u64> {
     let key = format!("\"{name}\":");
     let start = text.find(&key)? + key.len();
     let digits: String = text[start..]
@@ -220,7 +235,7 @@ async fn subscriber(
 }
 
 /// Source address for connection `i`: a new 127.0.0.x every 50k connections.
-fn source_ip(i: usize) -> Option<IpAddr> {
+pub(crate) fn source_ip(i: usize) -> Option<IpAddr> {
     (i >= 50_000).then(|| IpAddr::from([127, 0, 0, 1 + (i / 50_000) as u8]))
 }
 
@@ -242,6 +257,11 @@ async fn redis_calls(url: &str) -> Option<u64> {
 /// Runs the benchmark and prints a table and one JSON line.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    match args.mode {
+        Mode::ResumeStorm => return storm::resume_storm(args).await,
+        Mode::Churn => return storm::churn(args).await,
+        _ => {}
+    }
     let run_id = format!("b{}", now_us() % 1_000_000_000);
     let channels: Vec<String> = (0..args.channels.max(1))
         .map(|i| format!("{run_id}-{i}"))
@@ -483,7 +503,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_report(report: &serde_json::Value) {
+pub(crate) fn print_report(report: &serde_json::Value) {
     if let Some(fields) = report.as_object() {
         for (key, value) in fields {
             if key != "series_per_s" {

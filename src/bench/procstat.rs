@@ -26,6 +26,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Open file descriptors of `pid`.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// Sum of open file descriptors over `pids`.
+pub fn total_fds(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| open_fds(*p)).sum()
+}
+
 /// Sum of CPU seconds over `pids`.
 pub fn total_cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()

@@ -131,14 +131,54 @@ pub struct SseResponse {
 /// Opens `GET url` with `Accept: text/event-stream`, from `source` when given
 /// (to spread connections over 127.0.0.x past 64k ports), and reads the head.
 pub async fn open_stream(url: &HttpUrl, source: Option<IpAddr>) -> io::Result<SseResponse> {
+    open_stream_from(url, source, None)
+        .await
+        .map_err(|refused| match refused {
+            OpenError::Io(e) => e,
+            OpenError::Refused { status, .. } => {
+                io::Error::other(format!("stream refused: {status}"))
+            }
+        })
+}
+
+/// Why a stream did not open.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The connection failed.
+    Io(io::Error),
+    /// The server answered something other than 200.
+    Refused {
+        /// The status line.
+        status: String,
+        /// Its `Retry-After`, in seconds.
+        retry_after: Option<u64>,
+    },
+}
+
+impl From<io::Error> for OpenError {
+    fn from(e: io::Error) -> Self {
+        OpenError::Io(e)
+    }
+}
+
+/// [`open_stream`], resuming after `last_event_id` when given, and telling a
+/// refusal (with its `Retry-After`) from a failed connection.
+pub async fn open_stream_from(
+    url: &HttpUrl,
+    source: Option<IpAddr>,
+    last_event_id: Option<&str>,
+) -> Result<SseResponse, OpenError> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let mut stream = socket.connect(url.addr).await?;
     stream.set_nodelay(true)?;
+    let resume = last_event_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n{resume}\r\n",
         url.path, url.host
     );
     stream.write_all(request.as_bytes()).await?;
@@ -147,10 +187,10 @@ pub async fn open_stream(url: &HttpUrl, source: Option<IpAddr>) -> io::Result<Ss
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
-            return Err(io::Error::new(
+            return Err(OpenError::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "closed before the response head",
-            ));
+            )));
         }
         head.extend_from_slice(&buf[..n]);
         if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -158,7 +198,14 @@ pub async fn open_stream(url: &HttpUrl, source: Option<IpAddr>) -> io::Result<Ss
             let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
             if !text.starts_with("http/1.1 200") {
                 let status = text.lines().next().unwrap_or("").to_owned();
-                return Err(io::Error::other(format!("stream refused: {status}")));
+                let retry_after = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("retry-after:"))
+                    .and_then(|v| v.trim().parse().ok());
+                return Err(OpenError::Refused {
+                    status,
+                    retry_after,
+                });
             }
             let chunked = text.contains("transfer-encoding: chunked");
             return Ok(SseResponse {
@@ -168,7 +215,7 @@ pub async fn open_stream(url: &HttpUrl, source: Option<IpAddr>) -> io::Result<Ss
             });
         }
         if head.len() > 16 * 1024 {
-            return Err(io::Error::other("response head too large"));
+            return Err(OpenError::Io(io::Error::other("response head too large")));
         }
     }
 }

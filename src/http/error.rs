@@ -87,10 +87,23 @@ impl ApiError {
 
 impl From<crate::backplane::BackplaneError> for ApiError {
     fn from(e: crate::backplane::BackplaneError) -> Self {
-        ApiError::unavailable(
-            "backplane_unavailable",
-            format!("{e}; nothing was done, retry is safe"),
-        )
+        use crate::backplane::BackplaneError;
+        match e {
+            BackplaneError::Unavailable(_) => ApiError::unavailable(
+                "backplane_unavailable",
+                format!("{e}; nothing was done, retry is safe"),
+            ),
+            BackplaneError::NewChannels { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "channel_creation_limited",
+                format!("{e}; this publisher may not create them now"),
+            ),
+            BackplaneError::OutcomeUnknown(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "publish_outcome_unknown",
+                format!("{e}; the event may have been published, and a retry may publish it twice"),
+            ),
+        }
     }
 }
 

@@ -50,6 +50,8 @@ pub struct AppState {
     pub streams: limits::StreamGate,
     /// Time allowed for a request body to arrive.
     pub body_timeout: std::time::Duration,
+    /// New channels per publisher (`None`: no limit).
+    pub channel_creation: Option<crate::policy::RateLimit>,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl AppState {
             admin_token: None,
             streams: limits::StreamGate::default(),
             body_timeout: std::time::Duration::from_secs(10),
+            channel_creation: None,
         }
     }
 

@@ -13,8 +13,11 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::Action;
-use crate::backplane::PublishItem;
-use crate::event::{compact_json, now_ms, validate_channel, validate_event_type, EventBody};
+use crate::backplane::{BackplaneError, PublishItem};
+use crate::event::{
+    compact_json_depth, data_value, now_ms, validate_channel, validate_event_type, DataValueError,
+    EventBody, MAX_DATA_DEPTH,
+};
 use crate::policy::EffectivePolicy;
 
 /// Most channels in one publish.
@@ -214,9 +217,16 @@ fn event_body(
             "the body needs a \"data\" field (null is a value)",
         )
     })?;
+    let (data, depth) = compact_json_depth(data);
+    if depth > MAX_DATA_DEPTH {
+        return Err(ApiError::bad_request(
+            "data_too_deep",
+            format!("data nests arrays and objects {depth} levels deep; the limit is {MAX_DATA_DEPTH} levels"),
+        ));
+    }
     Ok(EventBody {
         event_type: event,
-        data: compact_json(data),
+        data,
         published_ms: now_ms(),
         trace_parent: trace_parent(headers),
     })
@@ -235,23 +245,27 @@ fn trace_parent(headers: &HeaderMap) -> String {
 /// `POST /v1/publish`.
 pub async fn publish(
     State(state): State<AppState>,
+    client: Option<axum::Extension<super::limits::ClientAddr>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<PublishResponse>, ApiError> {
+    let client = client.map(|axum::Extension(super::limits::ClientAddr(ip))| ip);
     let token = state.credentials(&headers, query.as_deref())?;
     let bytes = read_json_body(&state, &headers, body, state.policies.max_payload_bytes()).await?;
-    publish_body(&state, &headers, token, &bytes)
+    publish_body(&state, &headers, token, client, &bytes)
         .await
         .map(Json)
 }
 
 /// Publishes a body that passed [`json_content`], for a caller holding
-/// `token`: everything of `POST /v1/publish` after reading the body.
+/// `token` at address `client`: everything of `POST /v1/publish` after
+/// reading the body.
 pub(super) async fn publish_body(
     state: &AppState,
     headers: &HeaderMap,
     token: Option<String>,
+    client: Option<std::net::IpAddr>,
     bytes: &[u8],
 ) -> Result<PublishResponse, ApiError> {
     let request: PublishRequest = parse_json(bytes)?;
@@ -290,7 +304,7 @@ pub(super) async fn publish_body(
     }
     let body = event_body(request.event, request.data, headers)?;
     let policies: Vec<_> = channels.iter().map(|c| state.policies.resolve(c)).collect();
-    state
+    let grants = state
         .auth
         .authorize(token.as_deref(), Action::Publish, &channels, &policies)?;
     for (channel, policy) in channels.iter().zip(&policies) {
@@ -348,7 +362,22 @@ pub(super) async fn publish_body(
             })
             .collect()
     };
-    let positions = match backplane.publish(&items).instrument(span).await {
+    // With a bound on new channels, a publish first runs without creating
+    // any; when it names new ones, it runs again if the publisher may create
+    // that many now.
+    let limit = state.channel_creation.as_ref();
+    let mut published = backplane
+        .publish(&items, limit.is_none())
+        .instrument(span.clone())
+        .await;
+    if let (Err(BackplaneError::NewChannels { count }), Some(limit)) = (&published, limit) {
+        let publisher = publisher_of(grants.as_ref(), client);
+        limit
+            .check_n(&publisher, *count)
+            .map_err(|wait| creation_limited(limit, wait))?;
+        published = backplane.publish(&items, true).instrument(span).await;
+    }
+    let positions = match published {
         Ok(positions) => positions,
         Err(e) => {
             metrics::counter!(crate::metrics::EVENTS_PUBLISHED, "outcome" => "unavailable")
@@ -368,6 +397,31 @@ pub(super) async fn publish_body(
         })
         .collect();
     Ok(PublishResponse { results })
+}
+
+/// Who is publishing, for the bound on new channels: the token's subject,
+/// else the client's address.
+fn publisher_of(grants: Option<&crate::auth::Grants>, client: Option<std::net::IpAddr>) -> String {
+    match (grants.and_then(|g| g.subject.as_deref()), client) {
+        (Some(subject), _) => format!("sub:{subject}"),
+        (None, Some(ip)) => format!("ip:{ip}"),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
+/// 429 for a publisher that created its share of new channels.
+fn creation_limited(limit: &crate::policy::RateLimit, wait: std::time::Duration) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "channel_creation_limited",
+        format!(
+            "this publisher may create {} new channels per second (bursts of {}); \
+             publishing to existing channels goes on; retry later",
+            limit.per_second, limit.burst
+        ),
+    );
+    error.retry_after = Some(wait.as_secs_f64().ceil().clamp(1.0, 60.0) as u64);
+    error
 }
 
 /// Applies a channel's policy to one event: body size, event type, schema.
@@ -398,8 +452,17 @@ fn enforce(
         }
     }
     if let Some(schema) = &policy.schema {
-        let data: serde_json::Value = serde_json::from_str(&event.data)
-            .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?;
+        let data = data_value(&event.data).map_err(|e| match e {
+            DataValueError::UnsupportedNumber(number) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported_number",
+                format!(
+                    "the schema validator of channel {channel:?} cannot represent number {}: it is out of the 64-bit floating point range",
+                    abbreviated(&number)
+                ),
+            ),
+            DataValueError::Malformed(e) => ApiError::bad_request("malformed_json", e),
+        })?;
         let failure = schema
             .0
             .iter_errors(&data)
@@ -419,6 +482,14 @@ fn enforce(
         }
     }
     Ok(())
+}
+
+/// `text`, cut to its first 40 characters when longer (a number may have thousands).
+fn abbreviated(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// `POST /v1/broadcast`: to every stream of every replica; not kept in history.

@@ -31,6 +31,12 @@ use crate::sse::{gap_frame, retry_line, token_expired_frame, StreamIds, KEEPALIV
 
 /// How long a new stream waits for its channels to go live on the backplane.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a resuming stream waits for its replay (history reads are
+/// bounded and shared; beyond this the client is asked to come back later).
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused streams are told to retry after 1 to this many seconds, drawn at
+/// random, so that a wave of refused clients does not come back as one wave.
+const RETRY_AFTER_SPREAD_SECS: u64 = 5;
 
 /// What the query string asks for.
 struct StreamRequest {
@@ -162,8 +168,25 @@ pub fn response_headers(state: &AppState) -> Vec<(header::HeaderName, HeaderValu
 
 /// Opens a stream: validates the request, subscribes, reads what a resume
 /// missed, and returns the body (the `retry:` line first). Shared by the axum
-/// handler and the lean HTTP/1 path.
+/// handler and the lean HTTP/1 path. A refusal for lack of capacity (503)
+/// carries a `Retry-After` spread over a few seconds.
 pub async fn open(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+) -> Result<EventStream, ApiError> {
+    open_stream(state, query, headers, client)
+        .await
+        .map_err(|mut error| {
+            if error.status == StatusCode::SERVICE_UNAVAILABLE {
+                error.retry_after = Some(fastrand::u64(1..=RETRY_AFTER_SPREAD_SECS));
+            }
+            error
+        })
+}
+
+async fn open_stream(
     state: &AppState,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -231,6 +254,8 @@ pub async fn open(
             ))
         }
     };
+    // Every event after this instant reaches the stream live.
+    let live_since = Instant::now();
     let mut writer = StreamWriter::new(ids, live);
     let mut initial: VecDeque<Bytes> = VecDeque::new();
     initial.push_back(retry_line(stream_policy.retry));
@@ -254,9 +279,12 @@ pub async fn open(
             } else {
                 0
             };
-            let history = backplane
-                .history(channel, after, retention.max_age, limit)
-                .await?;
+            let read = backplane.history(channel, after, retention.max_age, limit, live_since);
+            let history = tokio::time::timeout(REPLAY_TIMEOUT, read)
+                .await
+                .map_err(|_| {
+                    ApiError::unavailable("backplane_unavailable", "reading history timed out")
+                })??;
             // A position ahead of the channel (history lost with Redis's data,
             // or a failover to a replica that lagged) cannot be trusted: resume
             // from what the channel has.

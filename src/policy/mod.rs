@@ -53,7 +53,17 @@ impl fmt::Debug for DataSchema {
     }
 }
 
-/// Publish rate limit of a policy: one token bucket per channel.
+/// Most channels whose buckets a rate limit keeps: past it, buckets that are
+/// full again (indistinguishable from new ones) are dropped, and when every
+/// bucket is in use, channels it does not know yet share one bucket.
+const MAX_TRACKED_CHANNELS: usize = 10_000;
+/// The bucket shared by channels beyond [`MAX_TRACKED_CHANNELS`] (no channel
+/// name is empty).
+const OVERFLOW_BUCKET: &str = "";
+
+/// Publish rate limit of a policy: one token bucket per channel, bounded in
+/// number (a flood of channel names costs no more memory than
+/// [`MAX_TRACKED_CHANNELS`] buckets).
 #[derive(Clone)]
 pub struct RateLimit {
     /// Sustained publishes per second.
@@ -85,10 +95,45 @@ impl RateLimit {
 
     /// Takes a token for `channel`; when none is left, how long until one is.
     pub fn check(&self, channel: &str) -> Result<(), Duration> {
+        self.check_n(channel, 1)
+    }
+
+    /// Takes `n` tokens for `key` at once; when they are not there, how long
+    /// until they are (`Duration::MAX` when `n` is over the burst).
+    pub fn check_n(&self, key: &str, n: u32) -> Result<(), Duration> {
         use governor::clock::{Clock, DefaultClock};
-        self.limiter
-            .check_key(&channel.to_owned())
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        let Some(n) = std::num::NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        let mut key = key;
+        if self.limiter.len() >= MAX_TRACKED_CHANNELS {
+            self.forget_idle();
+            if self.limiter.len() >= MAX_TRACKED_CHANNELS {
+                key = OVERFLOW_BUCKET;
+            }
+        }
+        match self.limiter.check_key_n(&key.to_owned(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
+            Err(_insufficient) => Err(Duration::MAX),
+        }
+    }
+
+    /// Drops the buckets that are full again (a new bucket would be the same)
+    /// and gives their memory back.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Buckets kept now.
+    pub fn tracked_channels(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// True when `other` limits the same way (same rate and burst).
+    pub fn same_limit(&self, other: &RateLimit) -> bool {
+        self.per_second == other.per_second && self.burst == other.burst
     }
 }
 

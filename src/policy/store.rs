@@ -11,6 +11,22 @@ use tokio::sync::watch;
 use super::compile::{compare_matches, compile, CompiledPolicy, PolicyDocument};
 use super::EffectivePolicy;
 
+/// Gives `policy` the rate-limit buckets of `previous` (the same policy before
+/// a reload) when its limit did not change.
+fn keep_rate_buckets(policy: &mut CompiledPolicy, previous: Option<&Arc<CompiledPolicy>>) {
+    let Some(old) = previous.and_then(|p| p.effective.rate_limit.as_ref()) else {
+        return;
+    };
+    if policy
+        .effective
+        .rate_limit
+        .as_ref()
+        .is_some_and(|new| new.same_limit(old))
+    {
+        Arc::make_mut(&mut policy.effective).rate_limit = Some(old.clone());
+    }
+}
+
 /// Most channels whose resolution is cached; past it the cache starts over.
 const CACHE_LIMIT: usize = 100_000;
 
@@ -148,6 +164,34 @@ impl PolicyStore {
     /// The policy for channels no policy matches.
     pub fn default_policy(&self) -> &Arc<EffectivePolicy> {
         &self.inner.default
+    }
+
+    /// Forgets idle rate-limit buckets every 10 s, so that memory goes back
+    /// down after a flood of channel names. Needs a Tokio runtime.
+    pub fn spawn_upkeep(&self) {
+        let store = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                ticker.tick().await;
+                let Some(inner) = store.upgrade() else { return };
+                PolicyStore { inner }.forget_idle_rate_buckets();
+            }
+        });
+    }
+
+    /// Drops idle rate-limit buckets of every policy (see
+    /// [`crate::policy::RateLimit::forget_idle`]).
+    pub fn forget_idle_rate_buckets(&self) {
+        let all = self.inner.all.read().expect("store lock").clone();
+        let limits = all
+            .iter()
+            .map(|p| &p.effective)
+            .chain(std::iter::once(&self.inner.default))
+            .filter_map(|p| p.rate_limit.as_ref());
+        for limit in limits {
+            limit.forget_idle();
+        }
     }
 
     /// The effective policy of `channel`.
@@ -300,9 +344,23 @@ impl SourceHandle {
         let inner = &self.store.inner;
         let mut compiled = Vec::new();
         let mut verdicts = Vec::new();
+        // A reload keeps the buckets of rate limits it does not change, so
+        // that rewriting a policy file does not hand out fresh bursts.
+        let previous: HashMap<String, Arc<CompiledPolicy>> = inner
+            .sources
+            .lock()
+            .expect("store lock")
+            .policies
+            .get(&self.name)
+            .into_iter()
+            .flatten()
+            .map(|p| (p.key.clone(), p.clone()))
+            .collect();
         for document in &documents {
             let error = match compile(document, &inner.default) {
-                Ok(policy) => {
+                Ok(mut policy) => {
+                    let before = previous.get(&policy.key).cloned();
+                    keep_rate_buckets(&mut policy, before.as_ref());
                     compiled.push(Arc::new(policy));
                     None
                 }
@@ -371,6 +429,54 @@ mod tests {
         let store = PolicyStore::new(default());
         store.source("test").replace(docs);
         store
+    }
+
+    fn rate_limited(per_second: u32, burst: u32) -> PolicyDocument {
+        let mut document = doc("ns/limited", &["rl:*"], 0);
+        document.spec.rate_limit = Some(crate::policy::crd::RateLimitSpec {
+            per_second,
+            burst: Some(burst),
+        });
+        document
+    }
+
+    #[test]
+    fn a_reload_that_keeps_a_rate_limit_keeps_its_buckets() {
+        let store = store(vec![rate_limited(1, 2)]);
+        let limit = store.resolve("rl:a").rate_limit.clone().unwrap();
+        assert!(limit.check("rl:a").is_ok());
+        assert!(limit.check("rl:a").is_ok());
+        assert!(limit.check("rl:a").is_err());
+        // The same file read again (an unrelated file in the directory
+        // changed), then another policy added: the spent burst stays spent.
+        store.source("test").replace(vec![rate_limited(1, 2)]);
+        store
+            .source("test")
+            .replace(vec![rate_limited(1, 2), doc("ns/other", &["x:*"], 0)]);
+        let reloaded = store.resolve("rl:a").rate_limit.clone().unwrap();
+        assert!(reloaded.check("rl:a").is_err());
+        // A changed limit starts afresh.
+        store.source("test").replace(vec![rate_limited(1, 3)]);
+        let changed = store.resolve("rl:a").rate_limit.clone().unwrap();
+        assert!(changed.check("rl:a").is_ok());
+    }
+
+    #[test]
+    fn rate_buckets_of_many_channel_names_stay_bounded_and_are_forgotten() {
+        let store = store(vec![rate_limited(1000, 1)]);
+        let limit = store.resolve("rl:a").rate_limit.clone().unwrap();
+        for n in 0..25_000 {
+            let _ = limit.check(&format!("rl:{n}"));
+        }
+        assert!(
+            limit.tracked_channels() <= 10_001,
+            "{}",
+            limit.tracked_channels()
+        );
+        // At 1000/s a bucket is full again within a millisecond.
+        std::thread::sleep(Duration::from_millis(20));
+        store.forget_idle_rate_buckets();
+        assert_eq!(limit.tracked_channels(), 0);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use serde_json::Value;
 use sseplane::client::{follow, ClientEvent, SseEvent};
 use tokio::sync::mpsc;
 
+pub mod proxy;
+
 /// Generous limit for anything a test waits on.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -122,7 +124,15 @@ impl Redis {
         assert!(self.child.is_none(), "redis already running");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ])
+            .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -139,6 +149,11 @@ impl Redis {
         })
         .await
     }
+    /// The server's process id (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis running").id()
+    }
+
     /// Kills the server (its data is lost, as with no persistence).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -11,9 +11,18 @@
 //!
 //! Plain `POST /v1/publish` requests are served here too, one after another
 //! on a kept-alive connection ([`publish`]), until one comes that is not.
+//!
+//! Both paths keep the same limits: a request head has [`MAX_HEAD`] bytes and
+//! [`MAX_HEADERS`] headers, and a connection waiting for a request (a new one,
+//! or a kept-alive one between requests) is closed when no whole head came
+//! within the idle timeout (`--idle-timeout`, hyper's `header_read_timeout`).
+//! Idle connections are capped ([`idle`]), and a write that makes no progress
+//! for [`WRITE_TIMEOUT`] ends the connection.
 
+mod idle;
 mod publish;
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,12 +45,39 @@ use super::stream;
 use super::AppState;
 use crate::shutdown::Shutdown;
 
-/// Largest request head read on the lean path.
-const MAX_HEAD: usize = 16 * 1024;
-/// Most headers parsed.
-const MAX_HEADERS: usize = 64;
-/// Time allowed for a request head to arrive.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head, on the lean path and through hyper (431 beyond).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most headers of a request, on the lean path and through hyper (431 beyond).
+pub const MAX_HEADERS: usize = 64;
+/// The default of `--idle-timeout`: the time a connection may wait for a whole
+/// request head, whether it is new or kept alive between requests (hyper's
+/// `header_read_timeout` is set to the same value).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of `--max-idle-connections`.
+pub const DEFAULT_MAX_IDLE: usize = 128;
+/// A write to a client that makes no progress for this long ends the
+/// connection (with a reset, which frees the kernel's send buffer): a client
+/// that stopped reading would otherwise keep its task, its stream's place and
+/// megabytes of kernel send buffer for good. A stream that ended (cut off as
+/// too slow, for one) gives its client as long to take what was already sent.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a read buffer starts with, and what it is shrunk back to after a large
+/// request body.
+const READ_CAPACITY: usize = 1024;
+/// Idle connections closed at once when `accept` runs out of descriptors
+/// (nginx closes up to 32 of its reusable connections).
+const CLOSE_WHEN_OUT_OF_FILES: usize = 32;
+/// Pause after `accept` failed for want of resources.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Limits of the public listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time a connection may wait for a whole request head (`--idle-timeout`).
+    pub idle_timeout: Duration,
+    /// Most connections idle at once (`--max-idle-connections`; 0 = no cap).
+    pub max_idle: usize,
+}
 
 /// Cross-origin headers for streams served on the lean path, as the CORS layer
 /// of the router answers them.
@@ -91,6 +127,7 @@ pub async fn serve(
     router: Router,
     state: AppState,
     cors: StreamCors,
+    limits: ConnectionLimits,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
     let streams = TaskTracker::new();
@@ -99,6 +136,8 @@ pub async fn serve(
         router,
         state,
         cors,
+        idle_timeout: limits.idle_timeout,
+        idle: idle::IdleConnections::new(limits.max_idle),
     });
     let mut last_warning: Option<std::time::Instant> = None;
     loop {
@@ -108,15 +147,30 @@ pub async fn serve(
         };
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
+            // That one connection is gone already: take the next.
+            Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving,
-                // and say so at most every 10 seconds.
+                // Out of file descriptors and the like. The connection waits in
+                // the backlog; make room as nginx does, by closing the oldest
+                // idle connections, back off briefly and go on. Said at most
+                // every 10 seconds.
+                let closed = if out_of_files(&e) {
+                    shared.idle.close_oldest(CLOSE_WHEN_OUT_OF_FILES)
+                } else {
+                    0
+                };
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, "accept failed (more may follow silently for 10 s)");
+                    tracing::warn!(
+                        error = %e,
+                        idle_closed = closed,
+                        "accept failed (more may follow silently for 10 s)"
+                    );
                     last_warning = Some(std::time::Instant::now());
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    _ = shutdown.clone().wait() => break,
+                }
             }
         };
         let _ = tcp.set_nodelay(true);
@@ -132,12 +186,66 @@ pub async fn serve(
     Ok(())
 }
 
+/// Errors of `accept` that concern only the connection being accepted.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// `accept` failed because the process or the system has no descriptor left.
+fn out_of_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// What every connection of the listener uses, shared: a connection's task
 /// keeps one pointer to it rather than copies.
 struct Shared {
     router: Router,
     state: AppState,
     cors: StreamCors,
+    /// Time a connection may wait for a whole request head.
+    idle_timeout: Duration,
+    /// Connections waiting for a request, capped.
+    idle: idle::IdleConnections,
+}
+
+impl Shared {
+    /// Waits, as an idle connection, for the first bytes of a request on
+    /// `tcp` and reads them into `read`: false when the connection is to
+    /// close instead (the client closed, `deadline` passed, shutdown, or it
+    /// was the oldest idle connection when room was needed).
+    async fn wait_for_request(
+        &self,
+        tcp: &TcpStream,
+        read: &mut Vec<u8>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let idle = self.idle.enter();
+        loop {
+            let shutdown = self.state.shutdown.clone();
+            tokio::select! {
+                ready = tcp.readable() => if ready.is_err() {
+                    return false;
+                },
+                _ = idle.closed() => return false,
+                _ = tokio::time::sleep_until(deadline) => return false,
+                _ = shutdown.wait() => return false,
+            }
+            // Readiness may be left over from the last request, read whole:
+            // the connection stays idle until bytes really come.
+            read.reserve(READ_CAPACITY);
+            match tcp.try_read_buf(read) {
+                Ok(0) => return false,
+                Ok(_) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return false,
+            }
+        }
+    }
 }
 
 struct Connection {
@@ -222,7 +330,8 @@ impl Connection {
         match route {
             Route::Stream(tcp, head) => Box::pin(self.stream(tcp, *head)).await,
             Route::Publish(tcp, read, head) => {
-                let ended = Box::pin(publish::serve(&self.shared, tcp, read, *head)).await;
+                let ended =
+                    Box::pin(publish::serve(&self.shared, self.client, tcp, read, *head)).await;
                 if let publish::Ended::HandOver(tcp, read) = ended {
                     Box::pin(self.hyper(tcp, read, watcher)).await;
                 }
@@ -240,20 +349,29 @@ impl Connection {
     }
 
     /// Reads the first request head (into a heap buffer that a stream drops)
-    /// and picks its route; `None` when the client closed or was too slow.
+    /// and picks its route; `None` when the client closed or was too slow, or
+    /// the connection was closed while idle.
     async fn route(&self, mut tcp: TcpStream) -> Option<Route> {
-        let mut read = Vec::with_capacity(1024);
-        let head = tokio::time::timeout(HEAD_TIMEOUT, async {
+        // One deadline for the wait and the head, as hyper's header timeout.
+        let deadline = tokio::time::Instant::now() + self.shared.idle_timeout;
+        let mut read = Vec::new();
+        if !self
+            .shared
+            .wait_for_request(&tcp, &mut read, deadline)
+            .await
+        {
+            return None;
+        }
+        let head = tokio::time::timeout_at(deadline, async {
             loop {
-                read.reserve(1024);
-                let n = tcp.read_buf(&mut read).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
                 match parse_head(&read) {
                     Some(parsed) => return Some(parsed),
                     None if read.len() > MAX_HEAD => return Some(Err(BadHead::TooLarge)),
-                    None => continue,
+                    None => {}
+                }
+                read.reserve(READ_CAPACITY);
+                if tcp.read_buf(&mut read).await.ok()? == 0 {
+                    return None;
                 }
             }
         })
@@ -285,12 +403,19 @@ impl Connection {
             prefix: read,
             offset: 0,
             inner: tcp,
+            stalled: None,
+            write_timeout: WRITE_TIMEOUT,
         });
         let router = (self.shared.router.clone()).layer(axum::Extension(ClientAddr(self.client)));
         let service = TowerToHyperService::new(router);
+        // The lean path's limits, for every later request of the connection:
+        // heads over them get 431 and a closed connection, and a kept-alive
+        // connection is closed when its next head does not come in time.
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
+            .header_read_timeout(self.shared.idle_timeout)
+            .max_headers(MAX_HEADERS)
+            .max_header_size(MAX_HEAD)
             .max_buf_size(MAX_HEAD + 8192)
             .serve_connection(io, service);
         let _ = Box::pin(watcher.watch(connection)).await;
@@ -313,29 +438,42 @@ impl Connection {
         // Watch the read side too: a client that closes its end is noticed at
         // once rather than at the next write (hyper does the same).
         let mut probe = [0u8; 64];
-        loop {
+        let end = loop {
             tokio::select! {
                 chunk = events.next() => match chunk {
                     Some(Ok(chunk)) => {
-                        if write_all(&tcp, &chunk).await.is_err() {
-                            return;
+                        // Fails when the client takes no byte for
+                        // WRITE_TIMEOUT, and at once when the hub cut the
+                        // stream off (the queue shut its sending down).
+                        match write_all(&tcp, &chunk, WRITE_TIMEOUT).await {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == io::ErrorKind::TimedOut => break End::Stalled,
+                            Err(_) => break End::Ended,
                         }
                     }
-                    _ => break,
+                    _ => break End::Ended,
                 },
                 readable = tcp.readable() => match readable.and_then(|()| tcp.try_read(&mut probe)) {
-                    Ok(0) => return,
+                    Ok(0) => break End::ClientLeft,
                     // Bytes after the request (a pipelined request) are ignored.
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
+                    Err(_) => break End::ClientLeft,
                 },
             }
-        }
-        // Closing the stream lets go of the queue's handle on the socket.
+        };
+        // The stream's place and subscription go first; closing the stream
+        // lets go of the queue's handle on the socket.
         drop(events);
-        if let Ok(mut tcp) = std::sync::Arc::try_unwrap(tcp) {
-            let _ = tcp.shutdown().await;
+        let Ok(tcp) = std::sync::Arc::try_unwrap(tcp) else {
+            return;
+        };
+        match end {
+            End::ClientLeft => {}
+            End::Stalled => {
+                let _ = tcp.set_zero_linger();
+            }
+            End::Ended => Box::pin(close_stream(tcp)).await,
         }
     }
 
@@ -392,11 +530,61 @@ impl Connection {
     }
 }
 
+/// Why a stream on the lean path ended.
+enum End {
+    /// The client closed its end or reset: nothing more to send.
+    ClientLeft,
+    /// A write made no progress for [`WRITE_TIMEOUT`]: the connection is reset.
+    Stalled,
+    /// The stream ended (shutdown, token expiry, cut off as too slow, …).
+    Ended,
+}
+
+/// Closes a stream's connection after its body: the end of the body (FIN)
+/// follows what was written. A client that has not taken all of it within
+/// [`WRITE_TIMEOUT`] (one cut off for not reading, say) gets a reset instead:
+/// the kernel would otherwise keep the unsent bytes, megabytes, for as long as
+/// the client stays and does not read. The stream's place is free meanwhile.
+async fn close_stream(mut tcp: TcpStream) {
+    // Already shut down after a cut-off: then this changes nothing.
+    let _ = tcp.shutdown().await;
+    if unsent_bytes(&tcp) == 0 {
+        return;
+    }
+    let gone = tokio::time::timeout(WRITE_TIMEOUT, async {
+        // Until the client closes its end (having read the end of the body)
+        // or resets; what it sends meanwhile is dropped.
+        let mut probe = [0u8; 64];
+        while matches!(tcp.read(&mut probe).await, Ok(n) if n > 0) {}
+    })
+    .await
+    .is_ok();
+    if !gone && unsent_bytes(&tcp) > 0 {
+        let _ = tcp.set_zero_linger();
+    }
+}
+
+/// Bytes written to `tcp` that the client has not acknowledged yet.
+fn unsent_bytes(tcp: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int for an open TCP socket.
+    let done = unsafe { libc::ioctl(tcp.as_raw_fd(), libc::TIOCOUTQ, &mut unsent) };
+    if done == 0 {
+        unsent.max(0) as usize
+    } else {
+        0
+    }
+}
+
 /// Writes all of `bytes` to a socket shared with the stream's queue (which
-/// writes only while the task waits for events, never during this).
-async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// writes only while the task waits for events, never during this). Fails
+/// when the socket takes nothing for `timeout`.
+async fn write_all(tcp: &TcpStream, mut bytes: &[u8], timeout: Duration) -> io::Result<()> {
     while !bytes.is_empty() {
-        tcp.writable().await?;
+        tokio::time::timeout(timeout, tcp.writable())
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         match tcp.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
@@ -457,10 +645,38 @@ fn response(
 }
 
 /// A socket whose first bytes were already read: replays them, then reads on.
+/// A write that makes no progress for `write_timeout` ([`WRITE_TIMEOUT`])
+/// fails (hyper has no write timeout of its own: a stream to a client that
+/// stopped reading would wait forever).
 struct Prefixed {
     prefix: Vec<u8>,
     offset: usize,
     inner: TcpStream,
+    /// Since when writes wait for room, while they do.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    write_timeout: Duration,
+}
+
+impl Prefixed {
+    /// Passes a write's outcome on; a pending write starts (or goes on
+    /// waiting on) the write timeout, and fails once it ran out.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.write_timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -490,7 +706,8 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -498,7 +715,8 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -538,6 +756,45 @@ mod tests {
             parse_head(head.as_bytes()).unwrap().err(),
             Some(BadHead::TooLarge)
         );
+    }
+
+    /// A connected pair whose server side cannot take a byte more: the
+    /// client does not read.
+    async fn full_socket() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let filler = vec![0u8; 64 * 1024];
+        loop {
+            match server.try_write(&filler) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn writes_that_make_no_progress_time_out_on_both_paths() {
+        let timeout = Duration::from_millis(100);
+        let (server, _client) = full_socket().await;
+        let error = write_all(&server, b"data: 1\n\n", timeout)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        // What hyper writes through.
+        let mut prefixed = Prefixed {
+            prefix: Vec::new(),
+            offset: 0,
+            inner: server,
+            stalled: None,
+            write_timeout: timeout,
+        };
+        let error = prefixed.write_all(b"data: 1\n\n").await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]

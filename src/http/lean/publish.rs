@@ -10,6 +10,7 @@
 //! headers. The first request it does not take hands the connection, with the
 //! bytes already read, to hyper.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::http::{header, HeaderMap, StatusCode};
@@ -18,7 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{error_response, parse_head, response, BadHead, Head, Shared, HEAD_TIMEOUT, MAX_HEAD};
+use super::{
+    error_response, parse_head, response, BadHead, Head, Shared, MAX_HEAD, READ_CAPACITY,
+    WRITE_TIMEOUT,
+};
 use crate::http::publish::{body_timeout, json_content, publish_body};
 
 /// The route, as the router's metrics and spans name it.
@@ -52,58 +56,91 @@ pub(super) fn takes(head: &Head, limit: usize) -> Option<usize> {
     length.parse().ok().filter(|n| *n <= limit)
 }
 
-/// Serves publishes on `tcp` from `head` on; `read` holds the bytes read so
-/// far, from `head`'s first byte.
+/// Serves publishes of `client` on `tcp` from `head` on; `read` holds the
+/// bytes read so far, from `head`'s first byte.
 pub(super) async fn serve(
     shared: &Shared,
+    client: IpAddr,
     mut tcp: TcpStream,
     mut read: Vec<u8>,
     mut head: Head,
 ) -> Ended {
-    let state = &shared.state;
     loop {
-        let Some(length) = takes(&head, state.policies.max_payload_bytes()) else {
+        let Some(length) = takes(&head, shared.state.policies.max_payload_bytes()) else {
             return Ended::HandOver(tcp, read);
         };
         let end = head.length + length;
-        let started = Instant::now();
-        let arrived = tokio::time::timeout(state.body_timeout, async {
-            while read.len() < end {
-                read.reserve(end - read.len());
-                if tcp.read_buf(&mut read).await.ok()? == 0 {
-                    return None;
-                }
-            }
-            Some(())
-        })
-        .await;
-        let cors = shared.cors.headers(origin(&head.headers));
-        let close = wants_close(&head.headers) || state.shutdown.is_triggered();
-        let bytes = match arrived {
-            Ok(Some(())) => {
-                let body = &read[head.length..end];
-                answer(shared, &head, body, &cors, close, started).await
-            }
-            Ok(None) => return Ended::Closed,
-            Err(_) => {
-                let error = body_timeout(state);
-                record(error.status, started);
-                let bytes = error_response(&error, &cors, true);
-                let _ = tcp.write_all(&bytes).await;
-                return Ended::Closed;
-            }
-        };
-        if tcp.write_all(&bytes).await.is_err() || close {
-            let _ = tcp.shutdown().await;
+        // The request's head and everything made for it are gone before the
+        // connection waits for the next one.
+        if !serve_one(shared, client, &mut tcp, &mut read, head, end).await {
             return Ended::Closed;
         }
         read.drain(..end);
+        // A large body leaves a large buffer: give it back rather than keep
+        // it for as long as the connection lives.
+        if read.capacity() > READ_CAPACITY {
+            read.shrink_to(READ_CAPACITY.max(read.len()));
+        }
         head = match next_head(shared, &mut tcp, &mut read).await {
             Next::Head(head) => head,
             Next::HandOver => return Ended::HandOver(tcp, read),
             Next::Closed => return Ended::Closed,
         };
     }
+}
+
+/// Reads the body of the request `head` (it ends at `read[end]`), publishes
+/// and answers; false when the connection is to close.
+async fn serve_one(
+    shared: &Shared,
+    client: IpAddr,
+    tcp: &mut TcpStream,
+    read: &mut Vec<u8>,
+    head: Head,
+    end: usize,
+) -> bool {
+    let state = &shared.state;
+    let started = Instant::now();
+    let arrived = tokio::time::timeout(state.body_timeout, async {
+        while read.len() < end {
+            read.reserve(end - read.len());
+            if tcp.read_buf(read).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let cors = shared.cors.headers(origin(&head.headers));
+    let close = wants_close(&head.headers) || state.shutdown.is_triggered();
+    let bytes = match arrived {
+        Ok(Some(())) => {
+            let body = &read[head.length..end];
+            answer(shared, client, &head, body, &cors, close, started).await
+        }
+        Ok(None) => return false,
+        Err(_) => {
+            let error = body_timeout(state);
+            record(error.status, started);
+            let bytes = error_response(&error, &cors, true);
+            write_answer(tcp, &bytes).await;
+            return false;
+        }
+    };
+    if !write_answer(tcp, &bytes).await || close {
+        let _ = tcp.shutdown().await;
+        return false;
+    }
+    true
+}
+
+/// Writes an answer; false when it failed or the client took none of it for
+/// [`WRITE_TIMEOUT`] (a publisher that sends without reading answers).
+async fn write_answer(tcp: &mut TcpStream, bytes: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, tcp.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// What came after an answered request.
@@ -113,42 +150,34 @@ enum Next {
     Closed,
 }
 
-/// Reads the next request head. A kept-alive connection may wait for it as
-/// long as the client likes (until shutdown); once its first bytes are in,
-/// the head has [`HEAD_TIMEOUT`] to arrive.
+/// Reads the next request head. Until its first bytes come the connection is
+/// idle: it is closed when the idle timeout passes first (as hyper closes its
+/// kept-alive connections), at shutdown, or when it is the oldest idle
+/// connection and room is needed. The whole head must be in within the idle
+/// timeout, and within the limits of the first request's head.
 async fn next_head(shared: &Shared, tcp: &mut TcpStream, read: &mut Vec<u8>) -> Next {
-    if read.is_empty() {
-        read.reserve(1024);
-        let shutdown = shared.state.shutdown.clone();
-        tokio::select! {
-            // Cancel-safe: nothing is read when shutdown wins.
-            first = tcp.read_buf(read) => {
-                if !matches!(first, Ok(n) if n > 0) {
-                    return Next::Closed;
-                }
-            }
-            _ = shutdown.wait() => return Next::Closed,
-        }
+    let deadline = tokio::time::Instant::now() + shared.idle_timeout;
+    if read.is_empty() && !shared.wait_for_request(tcp, read, deadline).await {
+        return Next::Closed;
     }
-    let reading = tokio::time::timeout(HEAD_TIMEOUT, async {
+    let reading = tokio::time::timeout_at(deadline, async {
         loop {
             match parse_head(read) {
                 Some(Ok(head)) => return Next::Head(head),
-                Some(Err(BadHead::TooLarge)) => {
-                    let error = super::head_too_large();
-                    let _ = tcp.write_all(&error_response(&error, &[], true)).await;
-                    return Next::Closed;
-                }
                 Some(Err(BadHead::Other)) => return Next::HandOver,
-                None if read.len() > MAX_HEAD => return Next::HandOver,
+                Some(Err(BadHead::TooLarge)) => break,
+                None if read.len() > MAX_HEAD => break,
                 None => {}
             }
-            read.reserve(1024);
+            read.reserve(READ_CAPACITY);
             match tcp.read_buf(read).await {
                 Ok(0) | Err(_) => return Next::Closed,
                 Ok(_) => {}
             }
         }
+        let error = super::head_too_large();
+        write_answer(tcp, &error_response(&error, &[], true)).await;
+        Next::Closed
     });
     reading.await.unwrap_or(Next::Closed)
 }
@@ -157,6 +186,7 @@ async fn next_head(shared: &Shared, tcp: &mut TcpStream, read: &mut Vec<u8>) -> 
 /// whole response.
 async fn answer(
     shared: &Shared,
+    client: IpAddr,
     head: &Head,
     body: &[u8],
     cors: &[(&'static str, String)],
@@ -170,7 +200,7 @@ async fn answer(
     let result = async {
         let token = state.credentials(&head.headers, head.query.as_deref())?;
         json_content(&head.headers, state.policies.max_payload_bytes())?;
-        publish_body(state, &head.headers, token, body).await
+        publish_body(state, &head.headers, token, Some(client), body).await
     }
     .instrument(span.clone())
     .await;

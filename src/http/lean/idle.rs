@@ -1,0 +1,156 @@
+//! Idle connections of the public listener, capped.
+//!
+//! A connection is idle while it waits for a request with nothing of it read
+//! yet: a new connection before its first bytes, and a kept-alive publish
+//! connection between requests. Each holds a file descriptor, and descriptors
+//! are shared with streams: without a cap, idle connections could use them up
+//! until `accept` fails and no stream can open. So, as nginx does with its
+//! reusable (idle keep-alive) connections, the oldest idle connection is closed
+//! when one more would go over the cap, and when `accept` runs out of
+//! descriptors. Closing an idle connection loses nothing: no request is in
+//! flight on it, and HTTP clients reopen a kept-alive connection the server
+//! closed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+/// The idle connections of one listener, oldest first.
+pub(super) struct IdleConnections {
+    /// Most idle connections at once; 0 = no cap.
+    cap: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next: u64,
+    /// By order of going idle: what tells each connection to close.
+    waiting: BTreeMap<u64, Arc<Notify>>,
+}
+
+/// One connection's idle spell; dropping it (the connection got bytes, or
+/// closed) takes it off the list.
+pub(super) struct Idle<'a> {
+    set: &'a IdleConnections,
+    key: u64,
+    close: Arc<Notify>,
+}
+
+impl IdleConnections {
+    /// A list of at most `cap` idle connections (0 = no cap).
+    pub(super) fn new(cap: usize) -> IdleConnections {
+        IdleConnections {
+            cap,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection goes idle: listed as the newest, closing the oldest when
+    /// the list is full.
+    pub(super) fn enter(&self) -> Idle<'_> {
+        let close = Arc::new(Notify::new());
+        let mut inner = self.lock();
+        if self.cap > 0 && inner.waiting.len() >= self.cap {
+            if let Some((_, oldest)) = inner.waiting.pop_first() {
+                // Stored as a permit when the connection is not waiting yet.
+                oldest.notify_one();
+                tracing::debug!(
+                    cap = self.cap,
+                    "idle connections at their cap: closing the oldest"
+                );
+            }
+        }
+        let key = inner.next;
+        inner.next += 1;
+        inner.waiting.insert(key, close.clone());
+        Idle {
+            set: self,
+            key,
+            close,
+        }
+    }
+
+    /// Closes up to `n` of the oldest idle connections (descriptors ran out);
+    /// how many.
+    pub(super) fn close_oldest(&self, n: usize) -> usize {
+        let mut inner = self.lock();
+        let mut closed = 0;
+        while closed < n {
+            let Some((_, oldest)) = inner.waiting.pop_first() else {
+                break;
+            };
+            oldest.notify_one();
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Connections idle now.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.lock().waiting.len()
+    }
+}
+
+impl Idle<'_> {
+    /// Resolves when the connection must close to make room.
+    pub(super) async fn closed(&self) {
+        self.close.notified().await;
+    }
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.set.lock().waiting.remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    fn is_closed(idle: &Idle<'_>) -> bool {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        pin!(idle.closed()).as_mut().poll(&mut cx) == Poll::Ready(())
+    }
+
+    #[test]
+    fn the_oldest_idle_connection_makes_room() {
+        let set = IdleConnections::new(2);
+        let first = set.enter();
+        let second = set.enter();
+        assert!(!is_closed(&first) && !is_closed(&second));
+        let third = set.enter();
+        assert!(is_closed(&first), "the oldest goes");
+        assert!(!is_closed(&second) && !is_closed(&third));
+        assert_eq!(set.len(), 2);
+        // A connection that got its bytes leaves the list.
+        drop(second);
+        assert_eq!(set.len(), 1);
+        drop(first);
+        assert_eq!(set.len(), 1, "the closed one was listed no more");
+        let _fourth = set.enter();
+        assert!(!is_closed(&third));
+    }
+
+    #[test]
+    fn running_out_of_descriptors_closes_the_oldest() {
+        let set = IdleConnections::new(0);
+        let all: Vec<_> = (0..5).map(|_| set.enter()).collect();
+        assert_eq!(set.close_oldest(3), 3);
+        let closed: Vec<bool> = all.iter().map(is_closed).collect();
+        assert_eq!(closed, [true, true, true, false, false]);
+        assert_eq!(set.close_oldest(10), 2);
+        assert_eq!(set.len(), 0);
+    }
+}
