@@ -134,16 +134,66 @@ pub const MAX_DATA_DEPTH: usize = 128;
 /// Like [`compact_json`], with the value's nesting depth (see [`json_depth`])
 /// counted in the same pass.
 pub fn compact_json_depth(raw: &RawValue) -> (String, usize) {
+    let scan = scan_data(raw);
+    (scan.data, scan.depth)
+}
+
+/// A `\uXXXX` escape of a UTF-16 surrogate that is not half of a pair: valid
+/// JSON syntax (RFC 8259 allows it), but no Unicode character, so that many
+/// JSON parsers refuse it (serde_json among them) while others (a browser's
+/// `JSON.parse`) accept it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoneSurrogate {
+    /// The escape as written, e.g. `\uD800`.
+    pub escape: String,
+    /// Where its backslash is, in bytes from the start of the value as sent.
+    pub offset: usize,
+}
+
+impl fmt::Display for LoneSurrogate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "data holds a lone surrogate escape {} (at byte {} of data): \\ud800-\\udbff \
+             must be followed directly by \\udc00-\\udfff, forming a UTF-16 pair; a lone one \
+             encodes no Unicode character and many JSON parsers refuse it",
+            self.escape, self.offset
+        )
+    }
+}
+
+/// What one pass over published data finds: its compact text (see
+/// [`compact_json`]), how deeply it nests (see [`json_depth`]) and its first
+/// lone surrogate escape, in strings and object keys alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataScan {
+    /// The compact JSON text.
+    pub data: String,
+    /// The deepest nesting of arrays and objects.
+    pub depth: usize,
+    /// The first lone surrogate escape, if any.
+    pub lone_surrogate: Option<LoneSurrogate>,
+}
+
+/// Compacts `raw`, measures its depth and looks for lone surrogate escapes, in
+/// one pass over the text.
+pub fn scan_data(raw: &RawValue) -> DataScan {
     let text = raw.get();
     let mut out = String::with_capacity(text.len());
     let mut in_string = false;
     let mut escaped = false;
     let (mut depth, mut deepest) = (0usize, 0usize);
-    for c in text.chars() {
+    let mut lone_surrogate = None;
+    // Where the `u` of the low half of the last high surrogate escape is.
+    let mut paired_low = None;
+    for (i, c) in text.char_indices() {
         if in_string {
             out.push(c);
             if escaped {
                 escaped = false;
+                if c == 'u' && lone_surrogate.is_none() {
+                    lone_surrogate = unpaired_surrogate(text, i, &mut paired_low);
+                }
             } else if c == '\\' {
                 escaped = true;
             } else if c == '"' {
@@ -163,7 +213,47 @@ pub fn compact_json_depth(raw: &RawValue) -> (String, usize) {
         }
         out.push(c);
     }
-    (out, deepest)
+    DataScan {
+        data: out,
+        depth: deepest,
+        lone_surrogate,
+    }
+}
+
+/// The four hex digits at `at` in `text`, as a UTF-16 code unit.
+fn hex_unit(text: &str, at: usize) -> Option<u16> {
+    let hex = text.get(at..at + 4)?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(hex, 16).ok()
+}
+
+/// Checks the `\u` escape whose `u` is at `u_at` in `text`: a high surrogate
+/// must be followed directly by a low one (whose `u` position is then kept in
+/// `paired_low`), and a low surrogate must be that one.
+fn unpaired_surrogate(
+    text: &str,
+    u_at: usize,
+    paired_low: &mut Option<usize>,
+) -> Option<LoneSurrogate> {
+    let unit = hex_unit(text, u_at + 1)?;
+    let paired = match unit {
+        0xD800..=0xDBFF => {
+            let low = text.get(u_at + 5..u_at + 7) == Some("\\u")
+                && hex_unit(text, u_at + 7).is_some_and(|u| (0xDC00..=0xDFFF).contains(&u));
+            if low {
+                *paired_low = Some(u_at + 6);
+            }
+            low
+        }
+        0xDC00..=0xDFFF => *paired_low == Some(u_at),
+        _ => true,
+    };
+    (!paired).then(|| LoneSurrogate {
+        escape: text[u_at - 1..u_at + 5].to_owned(),
+        offset: u_at - 1,
+    })
 }
 
 /// How deeply arrays and objects nest in the JSON `text` (a scalar: 0), by a
@@ -551,6 +641,50 @@ mod tests {
         }
         assert!(data_value("[\"1e400\",1e-400,1e308]").is_ok());
         assert_eq!(unrepresentable_number("{\"1e400\":\"x\\\"1e400\"}"), None);
+    }
+
+    fn lone_surrogate(text: &str) -> Option<LoneSurrogate> {
+        let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+        let scan = scan_data(&raw);
+        assert_eq!(compact_json_depth(&raw), (scan.data, scan.depth), "{text}");
+        scan.lone_surrogate
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_are_found_in_strings_and_keys() {
+        for (text, escape, offset) in [
+            (r#""\ud800""#, r"\ud800", 1),
+            (r#""\uDBFF""#, r"\uDBFF", 1),
+            (r#""\udc00""#, r"\udc00", 1),
+            (r#"["ok", "x\ud83d"]"#, r"\ud83d", 9),
+            (r#""\ud83d\u0041""#, r"\ud83d", 1),
+            (r#""\ud83d\ud83d\ude00""#, r"\ud83d", 1),
+            (r#""\ude00\ud83d""#, r"\ude00", 1),
+            (r#""\ud83d\ude00\ude00""#, r"\ude00", 13),
+            (r#"{"\ud800": 1}"#, r"\ud800", 2),
+            (r#""\\\ud800""#, r"\ud800", 3),
+            (r#""\ud83d"  "#, r"\ud83d", 1),
+        ] {
+            assert_eq!(
+                lone_surrogate(text),
+                Some(LoneSurrogate {
+                    escape: escape.to_owned(),
+                    offset
+                }),
+                "{text}"
+            );
+        }
+        for text in [
+            r#""\ud83d\ude00""#,
+            r#""\uD83D\uDE00 \udbff\udfff""#,
+            r#"{"\ud83d\ude00": ["\u00e9\uffff\u0000"]}"#,
+            r#""\\ud800""#,
+            r#""\\\\ud800""#,
+            r#""\ud83d\ude00\ud83d\ude00""#,
+            "\"\u{1F600} raw\"",
+        ] {
+            assert_eq!(lone_surrogate(text), None, "{text}");
+        }
     }
 
     #[test]

@@ -217,3 +217,76 @@ async fn a_channel_without_history_keeps_no_stream_in_redis() {
     };
     assert!(parse(&second) > parse(&first), "{first} then {second}");
 }
+
+/// POSTs the raw broadcast body `body`; the status and the JSON answer.
+async fn broadcast_raw(replica: &Replica, body: String) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(replica.url("/v1/broadcast"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_surrogate_escapes_get_one_answer_on_every_channel() {
+    let dir = policies();
+    let replica = Replica::start(
+        "surrogates",
+        None,
+        &["--policies", dir.path().to_str().unwrap()],
+    )
+    .await;
+    let channels = ["typed:1", "plain:1"];
+    let mut subscribers = Vec::new();
+    for channel in channels {
+        subscribers.push(Subscriber::connect(vec![replica.stream_url(&[channel])], None).await);
+    }
+    // Valid JSON syntax (RFC 8259), but no Unicode scalar value: a high half
+    // alone, a low half alone, a high half followed by something else, a
+    // pair in the wrong order, in values and in keys. The schema of `typed:*`
+    // takes arrays and objects, so only the surrogate can be the objection.
+    for (data, escape) in [
+        (r#"["\ud800"]"#, r"\ud800"),
+        (r#"["\uDC00"]"#, r"\uDC00"),
+        (r#"["x\ud83d\u0041"]"#, r"\ud83d"),
+        (r#"["\ude00\ud83d"]"#, r"\ude00"),
+        (r#"{"ok":"\ud83d\ude00","\udbff":1}"#, r"\udbff"),
+    ] {
+        let mut answers = Vec::new();
+        for channel in channels {
+            let (status, answer) = publish_raw(&replica, publish_body(channel, data)).await;
+            assert_eq!(status, 400, "{channel}, {data}: {answer}");
+            assert_eq!(answer["error"]["code"], "invalid_string", "{answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("lone surrogate") && message.contains(escape),
+                "{message}"
+            );
+            answers.push(answer);
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "{data}: one answer on every channel"
+        );
+        let (status, answer) = broadcast_raw(&replica, format!(r#"{{"data":{data}}}"#)).await;
+        assert_eq!((status, &answer), (400, &answers[0]), "broadcast {data}");
+    }
+    // Surrogate pairs (an emoji written as UTF-16 escapes) are characters:
+    // published on both, and delivered as sent, escapes and all. Nothing
+    // refused above reached the streams.
+    let pairs = r#"["\ud83d\ude00","\uD83D\uDE00 x","\udbff\udfff"]"#;
+    for (channel, subscriber) in channels.iter().zip(&mut subscribers) {
+        let (status, answer) = publish_raw(&replica, publish_body(channel, pairs)).await;
+        assert_eq!(status, 200, "{channel}: {answer}");
+        let event = subscriber.next_event().await;
+        assert_eq!(event.data, pairs, "{channel}: byte for byte");
+        assert_eq!(
+            data(&event),
+            serde_json::json!(["😀", "😀 x", "\u{10FFFF}"])
+        );
+    }
+}

@@ -124,30 +124,44 @@ async fn follow(
     }
 }
 
-/// Polls `url` every 100 ms until `stop`; returns (polls, not 200).
+/// Readiness as polled during a wave.
+#[derive(Debug, Default)]
+struct ReadinessPolls {
+    polls: u64,
+    not_ready: u64,
+    /// What the last answer other than 200 said.
+    last_failure: Option<String>,
+}
+
+/// Polls `url` every 100 ms until `stop`.
 fn spawn_readiness_poll(
     url: Option<String>,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<(u64, u64)> {
+) -> tokio::task::JoinHandle<ReadinessPolls> {
     tokio::spawn(async move {
-        let Some(url) = url else { return (0, 0) };
+        let mut seen = ReadinessPolls::default();
+        let Some(url) = url else { return seen };
         let client = reqwest::Client::new();
-        let (mut polls, mut unready) = (0, 0);
         let mut ticks = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = stop.cancelled() => return (polls, unready),
+                _ = stop.cancelled() => return seen,
             }
-            polls += 1;
-            let ok = client
+            seen.polls += 1;
+            let answer = client
                 .get(&url)
                 .timeout(Duration::from_secs(1))
                 .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if !ok {
-                unready += 1;
+                .await;
+            let failure = match answer {
+                Ok(response) if response.status() == 200 => None,
+                Ok(response) => Some(response.text().await.unwrap_or_default()),
+                Err(e) => Some(e.to_string()),
+            };
+            if failure.is_some() {
+                seen.not_ready += 1;
+                seen.last_failure = failure;
             }
         }
     })
@@ -266,7 +280,7 @@ pub async fn resume_storm(args: BenchArgs) -> anyhow::Result<()> {
     let cpu = procstat::total_cpu(&args.pids) - cpu_before;
     stop_polling.cancel();
     stop_publishing.cancel();
-    let (polls, unready) = poll.await?;
+    let readiness = poll.await?;
     let publish_refused = publisher.await?;
     let mut times = std::mem::take(&mut *back_times.lock().expect("times lock"));
     times.sort_by(f64::total_cmp);
@@ -292,8 +306,9 @@ pub async fn resume_storm(args: BenchArgs) -> anyhow::Result<()> {
         "lost_without_gap": outcomes.iter().map(|s| s.lost).sum::<u64>(),
         "duplicates": outcomes.iter().map(|s| s.duplicates).sum::<u64>(),
         "gap_notices": outcomes.iter().map(|s| s.gaps).sum::<u64>(),
-        "readiness_polls": polls,
-        "readiness_not_200": unready,
+        "readiness_polls": readiness.polls,
+        "readiness_not_200": readiness.not_ready,
+        "readiness_last_failure": readiness.last_failure,
         "publishes_refused": publish_refused,
         "server_cpu_s": (cpu * 1000.0).round() / 1000.0,
     });

@@ -129,8 +129,15 @@ pub fn document() -> Value {
         (
             "429",
             error(
-                "The channel's publish rate limit is reached",
+                "The channel's publish rate limit is reached, or the publisher created its share of new channels (`channel_creation_limited`); nothing was published",
                 &["Retry-After"],
+            ),
+        ),
+        (
+            "504",
+            error(
+                "Sent to Redis, but no answer came in time (`publish_outcome_unknown`): the event may have been published",
+                &[],
             ),
         ),
     ]);
@@ -177,6 +184,13 @@ pub fn document() -> Value {
                 "responses": responses({
                     let mut own = vec![("200", ok_json("Sent", broadcast_response))];
                     own.extend(body_errors());
+                    own.push((
+                        "504",
+                        error(
+                            "Sent to Redis, but no answer came in time (`publish_outcome_unknown`): it may have gone out",
+                            &[],
+                        ),
+                    ));
                     own
                 }),
             }},

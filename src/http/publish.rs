@@ -15,7 +15,7 @@ use super::AppState;
 use crate::auth::Action;
 use crate::backplane::{BackplaneError, PublishItem};
 use crate::event::{
-    compact_json_depth, data_value, now_ms, validate_channel, validate_event_type, DataValueError,
+    data_value, now_ms, scan_data, validate_channel, validate_event_type, DataValueError,
     EventBody, MAX_DATA_DEPTH,
 };
 use crate::policy::EffectivePolicy;
@@ -217,16 +217,23 @@ fn event_body(
             "the body needs a \"data\" field (null is a value)",
         )
     })?;
-    let (data, depth) = compact_json_depth(data);
+    // One pass: the compact text, its depth and any lone surrogate escape.
+    let scan = scan_data(data);
+    let depth = scan.depth;
     if depth > MAX_DATA_DEPTH {
         return Err(ApiError::bad_request(
             "data_too_deep",
             format!("data nests arrays and objects {depth} levels deep; the limit is {MAX_DATA_DEPTH} levels"),
         ));
     }
+    // One rule on every channel, schema or not (a schema validator could not
+    // hold such a string; many subscribers' parsers could not either).
+    if let Some(lone) = scan.lone_surrogate {
+        return Err(ApiError::bad_request("invalid_string", lone.to_string()));
+    }
     Ok(EventBody {
         event_type: event,
-        data,
+        data: scan.data,
         published_ms: now_ms(),
         trace_parent: trace_parent(headers),
     })

@@ -95,7 +95,8 @@ VALUE_SETS: dict[str, dict] = {
     },
     "auth-off": {"auth": {"enabled": False}},
     "admin-token-secret": {"auth": {"adminToken": {"existingSecret": "sseplane-admin", "key": "token"}}},
-    "limits": {"limits": {"maxStreams": 20000, "maxStreamsPerClient": 50, "bodyTimeout": "30s"}},
+    "limits": {"limits": {"maxStreams": 20000, "maxStreamsPerClient": 50, "newChannelsPerSecond": 5,
+                          "bodyTimeout": "30s", "idleTimeout": "1m30s", "maxIdleConnections": 4096}},
     "everything-on": {
         "jaeger": {"enabled": True},
         "rbac": {"clusterScoped": True},
@@ -640,6 +641,13 @@ def test_the_auth_and_limit_defaults_are_the_binarys_defaults():
     assert env["SSEPLANE_TOKEN_COOKIE"] == cookie
     assert env["SSEPLANE_BODY_TIMEOUT"] == known["SSEPLANE_BODY_TIMEOUT"]
     assert env["SSEPLANE_MAX_STREAMS_PER_CLIENT"] == known["SSEPLANE_MAX_STREAMS_PER_CLIENT"]
+    assert env["SSEPLANE_NEW_CHANNELS_PER_SECOND"] == known["SSEPLANE_NEW_CHANNELS_PER_SECOND"] == "20"
+    assert env["SSEPLANE_IDLE_TIMEOUT"] == known["SSEPLANE_IDLE_TIMEOUT"] == "10s"
+    # The idle cap's default is a constant of the lean HTTP path.
+    assert known["SSEPLANE_MAX_IDLE_CONNECTIONS"] == "crate::http::lean::DEFAULT_MAX_IDLE"
+    max_idle = re.search(r"pub const DEFAULT_MAX_IDLE: usize = (\d+);",
+                         (ROOT / "src" / "http" / "lean" / "mod.rs").read_text()).group(1)
+    assert env["SSEPLANE_MAX_IDLE_CONNECTIONS"] == max_idle == "128"
     # No default in the binary (derived from the open-files limit): not set.
     assert known["SSEPLANE_MAX_STREAMS"] is None and "SSEPLANE_MAX_STREAMS" not in env
 
@@ -653,6 +661,26 @@ def test_connection_limits_reach_the_environment():
     assert env["SSEPLANE_MAX_STREAMS"]["value"] == "0" and env["SSEPLANE_MAX_STREAMS_PER_CLIENT"]["value"] == "0"
     env = env_of(sseplane_container(render({"limits": {"maxStreams": 1000000}})))
     assert env["SSEPLANE_MAX_STREAMS"]["value"] == "1000000"
+
+
+def test_channel_creation_and_idle_connection_limits_reach_the_environment():
+    names = ("SSEPLANE_NEW_CHANNELS_PER_SECOND", "SSEPLANE_IDLE_TIMEOUT", "SSEPLANE_MAX_IDLE_CONNECTIONS")
+    env = {k: v.get("value") for k, v in env_of(sseplane_container(render("limits"))).items()}
+    assert tuple(env[n] for n in names) == ("5", "1m30s", "4096")
+    env = {k: v.get("value") for k, v in env_of(sseplane_container(render("default"))).items()}
+    assert tuple(env[n] for n in names) == ("20", "10s", "128")
+    # 0 means "no limit" / "no cap", not "unset"; large numbers stay integers.
+    env = env_of(sseplane_container(render({"limits": {"newChannelsPerSecond": 0, "maxIdleConnections": 0}})))
+    assert env["SSEPLANE_NEW_CHANNELS_PER_SECOND"]["value"] == "0"
+    assert env["SSEPLANE_MAX_IDLE_CONNECTIONS"]["value"] == "0"
+    env = env_of(sseplane_container(render({"limits": {"newChannelsPerSecond": 4294967295,
+                                                       "maxIdleConnections": 1000000}})))
+    assert env["SSEPLANE_NEW_CHANNELS_PER_SECOND"]["value"] == "4294967295"
+    assert env["SSEPLANE_MAX_IDLE_CONNECTIONS"]["value"] == "1000000"
+    # No magic behind the ingress: publishers there share one budget unless
+    # their tokens carry a `sub` (values.yaml says so), the default stays.
+    env = env_of(sseplane_container(render("ingress")))
+    assert env["SSEPLANE_NEW_CHANNELS_PER_SECOND"]["value"] == "20"
 
 
 def test_behind_the_ingress_the_per_client_limit_is_off_unless_set():
@@ -960,6 +988,14 @@ def test_the_chart_crd_is_the_generated_one():
         ({"limits": {"maxStreams": -1}}, "/limits/maxStreams"),
         ({"limits": {"maxStreamsPerClient": "1000"}}, "/limits/maxStreamsPerClient"),
         ({"limits": {"bodyTimeout": 10}}, "/limits/bodyTimeout"),
+        ({"limits": {"newChannelsPerSecond": "20"}}, "/limits/newChannelsPerSecond"),
+        ({"limits": {"newChannelsPerSecond": -1}}, "/limits/newChannelsPerSecond"),
+        ({"limits": {"newChannelsPerSecond": 2.5}}, "/limits/newChannelsPerSecond"),
+        ({"limits": {"newChannelsPerSecond": 4294967296}}, "/limits/newChannelsPerSecond"),
+        ({"limits": {"idleTimeout": 10}}, "/limits/idleTimeout"),
+        ({"limits": {"idleTimeout": "10 seconds"}}, "/limits/idleTimeout"),
+        ({"limits": {"maxIdleConnections": "128"}}, "/limits/maxIdleConnections"),
+        ({"limits": {"maxIdleConnections": -1}}, "/limits/maxIdleConnections"),
     ],
     ids=lambda v: str(v)[:40] if isinstance(v, dict) else None,
 )

@@ -6,28 +6,40 @@
 //! are shared with streams: without a cap, idle connections could use them up
 //! until `accept` fails and no stream can open. So, as nginx does with its
 //! reusable (idle keep-alive) connections, the oldest idle connection is closed
-//! when one more would go over the cap, and when `accept` runs out of
-//! descriptors. Closing an idle connection loses nothing: no request is in
-//! flight on it, and HTTP clients reopen a kept-alive connection the server
-//! closed.
+//! when one more would go over the cap (if it has been idle for at least
+//! [`EVICTABLE_AFTER`]), and when `accept` runs out of descriptors. Closing an
+//! idle connection loses nothing: no request is in flight on it, and HTTP
+//! clients reopen a kept-alive connection the server closed.
+//!
+//! The grace keeps a wave of new connections (a resume storm: each is idle
+//! only until its request arrives, a few milliseconds) from closing each
+//! other, or a busy publisher's connection between two requests; running out
+//! of descriptors closes the oldest regardless.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+/// An idle connection is closed to make room under the cap only once it has
+/// been idle this long.
+pub(super) const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The idle connections of one listener, oldest first.
 pub(super) struct IdleConnections {
     /// Most idle connections at once; 0 = no cap.
     cap: usize,
+    /// How long a connection is idle before the cap may close it.
+    grace: Duration,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
     next: u64,
-    /// By order of going idle: what tells each connection to close.
-    waiting: BTreeMap<u64, Arc<Notify>>,
+    /// By order of going idle: since when, and what tells it to close.
+    waiting: BTreeMap<u64, (Instant, Arc<Notify>)>,
 }
 
 /// One connection's idle spell; dropping it (the connection got bytes, or
@@ -41,8 +53,15 @@ pub(super) struct Idle<'a> {
 impl IdleConnections {
     /// A list of at most `cap` idle connections (0 = no cap).
     pub(super) fn new(cap: usize) -> IdleConnections {
+        IdleConnections::with_grace(cap, EVICTABLE_AFTER)
+    }
+
+    /// A list of at most `cap` idle connections, closing only those idle for
+    /// `grace` to make room.
+    pub(super) fn with_grace(cap: usize, grace: Duration) -> IdleConnections {
         IdleConnections {
             cap,
+            grace,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -56,8 +75,16 @@ impl IdleConnections {
     pub(super) fn enter(&self) -> Idle<'_> {
         let close = Arc::new(Notify::new());
         let mut inner = self.lock();
-        if self.cap > 0 && inner.waiting.len() >= self.cap {
-            if let Some((_, oldest)) = inner.waiting.pop_first() {
+        let now = Instant::now();
+        let evictable = |since: &Instant| now.duration_since(*since) >= self.grace;
+        if self.cap > 0
+            && inner.waiting.len() >= self.cap
+            && inner
+                .waiting
+                .first_key_value()
+                .is_some_and(|(_, (since, _))| evictable(since))
+        {
+            if let Some((_, (_, oldest))) = inner.waiting.pop_first() {
                 // Stored as a permit when the connection is not waiting yet.
                 oldest.notify_one();
                 tracing::debug!(
@@ -68,7 +95,7 @@ impl IdleConnections {
         }
         let key = inner.next;
         inner.next += 1;
-        inner.waiting.insert(key, close.clone());
+        inner.waiting.insert(key, (now, close.clone()));
         Idle {
             set: self,
             key,
@@ -82,7 +109,7 @@ impl IdleConnections {
         let mut inner = self.lock();
         let mut closed = 0;
         while closed < n {
-            let Some((_, oldest)) = inner.waiting.pop_first() else {
+            let Some((_, (_, oldest))) = inner.waiting.pop_first() else {
                 break;
             };
             oldest.notify_one();
@@ -99,9 +126,27 @@ impl IdleConnections {
 }
 
 impl Idle<'_> {
-    /// Resolves when the connection must close to make room.
+    /// Resolves when the connection must close to make room: told to by a
+    /// newer one, or, once its grace is over, when at least the cap's worth
+    /// of newer connections are idle too (a wave that came in within the
+    /// grace made no room for itself).
     pub(super) async fn closed(&self) {
+        let grace = tokio::time::sleep(self.set.grace);
+        tokio::pin!(grace);
+        tokio::select! {
+            _ = self.close.notified() => return,
+            _ = &mut grace => {}
+        }
+        if self.beyond_cap() {
+            return;
+        }
         self.close.notified().await;
+    }
+
+    /// True when the cap's worth of newer connections are idle too.
+    fn beyond_cap(&self) -> bool {
+        let set = self.set;
+        set.cap > 0 && set.lock().waiting.range(self.key + 1..).count() >= set.cap
     }
 }
 
@@ -124,9 +169,9 @@ mod tests {
         pin!(idle.closed()).as_mut().poll(&mut cx) == Poll::Ready(())
     }
 
-    #[test]
-    fn the_oldest_idle_connection_makes_room() {
-        let set = IdleConnections::new(2);
+    #[tokio::test]
+    async fn the_oldest_idle_connection_makes_room() {
+        let set = IdleConnections::with_grace(2, Duration::ZERO);
         let first = set.enter();
         let second = set.enter();
         assert!(!is_closed(&first) && !is_closed(&second));
@@ -143,8 +188,22 @@ mod tests {
         assert!(!is_closed(&third));
     }
 
-    #[test]
-    fn running_out_of_descriptors_closes_the_oldest() {
+    #[tokio::test]
+    async fn connections_idle_for_less_than_the_grace_are_not_closed_for_room() {
+        let set = IdleConnections::with_grace(2, Duration::from_secs(3600));
+        let all: Vec<_> = (0..5).map(|_| set.enter()).collect();
+        assert!(
+            all.iter().all(|idle| !is_closed(idle)),
+            "a wave of new connections"
+        );
+        assert_eq!(set.len(), 5);
+        // Out of descriptors, the oldest go whatever their age.
+        assert_eq!(set.close_oldest(2), 2);
+        assert!(is_closed(&all[0]) && is_closed(&all[1]));
+    }
+
+    #[tokio::test]
+    async fn running_out_of_descriptors_closes_the_oldest() {
         let set = IdleConnections::new(0);
         let all: Vec<_> = (0..5).map(|_| set.enter()).collect();
         assert_eq!(set.close_oldest(3), 3);

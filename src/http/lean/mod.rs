@@ -16,7 +16,7 @@
 //! [`MAX_HEADERS`] headers, and a connection waiting for a request (a new one,
 //! or a kept-alive one between requests) is closed when no whole head came
 //! within the idle timeout (`--idle-timeout`, hyper's `header_read_timeout`).
-//! Idle connections are capped ([`idle`]), and a write that makes no progress
+//! Idle connections are capped (`idle.rs`), and a write that makes no progress
 //! for [`WRITE_TIMEOUT`] ends the connection.
 
 mod idle;
