@@ -41,6 +41,11 @@ impl ChannelLog {
                 break;
             }
         }
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            // An empty history holds no buffer: a channel that keeps none
+            // costs its name and ids only.
+            self.events = VecDeque::new();
+        }
     }
 }
 
