@@ -7,40 +7,11 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::proxy::Proxy;
 use common::*;
 use serde_json::{json, Value};
-
-async fn readyz(replica: &Replica) -> (u16, Value) {
-    let response = reqwest::get(replica.admin_url("/readyz")).await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-async fn wait_ready(replica: &Replica, ready: bool) -> Value {
-    wait_for(&format!("{} ready={ready}", replica.id), WAIT, || async {
-        let (status, body) = readyz(replica).await;
-        ((status == 200) == ready).then_some(body)
-    })
-    .await
-}
-
-/// The `n` of every event in `channel`'s history, read from Redis itself.
-async fn history_seqs(redis: &Redis, channel: &str) -> HashSet<u64> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis
-        .cmd(&["XRANGE", &format!("sseplane:h:{{{channel}}}"), "-", "+"])
-        .await;
-    entries
-        .iter()
-        .filter_map(|(_, fields)| fields.iter().find(|(k, _)| k == "m"))
-        .filter_map(|(_, envelope)| {
-            let data = envelope.rsplit('\n').next()?;
-            serde_json::from_str::<Value>(data).ok()?["n"].as_u64()
-        })
-        .collect()
-}
 
 /// Publishes `n` and returns the status and body, however long it takes.
 async fn publish_n(url: &str, channel: &str, n: u64) -> (u16, Value) {

@@ -26,8 +26,13 @@ fn nested(depth: usize) -> String {
 
 /// POSTs the raw publish body `body`; the status and the JSON answer.
 async fn publish_raw(replica: &Replica, body: String) -> (u16, Value) {
+    post_raw(replica, "/v1/publish", body).await
+}
+
+/// POSTs the raw JSON `body` to `path`; the status and the JSON answer.
+async fn post_raw(replica: &Replica, path: &str, body: String) -> (u16, Value) {
     let response = reqwest::Client::new()
-        .post(replica.url("/v1/publish"))
+        .post(replica.url(path))
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -220,15 +225,7 @@ async fn a_channel_without_history_keeps_no_stream_in_redis() {
 
 /// POSTs the raw broadcast body `body`; the status and the JSON answer.
 async fn broadcast_raw(replica: &Replica, body: String) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(replica.url("/v1/broadcast"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    post_raw(replica, "/v1/broadcast", body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,34 +92,6 @@ async fn fill(replica: &Replica, round: usize) -> (u16, Value, Vec<String>) {
     (status, answer, channels)
 }
 
-async fn readyz(replica: &Replica) -> (u16, Value) {
-    let response = reqwest::get(replica.admin_url("/readyz")).await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-async fn wait_ready(replica: &Replica, ready: bool) -> Value {
-    wait_for(&format!("{} ready={ready}", replica.id), WAIT, || async {
-        let (status, body) = readyz(replica).await;
-        ((status == 200) == ready).then_some(body)
-    })
-    .await
-}
-
-/// The `n` of every event in `channel`'s history, read from Redis itself.
-async fn history_seqs(redis: &Redis, channel: &str) -> HashSet<u64> {
-    let entries: Vec<(String, Vec<(String, String)>)> = redis
-        .cmd(&["XRANGE", &history_key(channel), "-", "+"])
-        .await;
-    entries
-        .iter()
-        .filter_map(|(_, fields)| fields.iter().find(|(k, _)| k == "m"))
-        .filter_map(|(_, envelope)| {
-            let data = envelope.rsplit('\n').next()?;
-            serde_json::from_str::<Value>(data).ok()?["n"].as_u64()
-        })
-        .collect()
-}
-
 /// Fills a Redis that evicts with `policy` until every key of a channel left
 /// alone is gone, then resumes into that channel's lost history.
 async fn a_full_redis_that_evicts_drops_old_channels_and_resumes_get_a_gap(policy: &str) {

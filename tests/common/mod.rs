@@ -497,3 +497,33 @@ pub fn seqs(events: &[SseEvent]) -> Vec<u64> {
         .map(|e| data(e)["n"].as_u64().unwrap())
         .collect()
 }
+
+/// A replica's `/readyz`: status and body.
+pub async fn readyz(replica: &Replica) -> (u16, Value) {
+    let response = reqwest::get(replica.admin_url("/readyz")).await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Waits until `/readyz` says `ready` (200) or not (503); its body then.
+pub async fn wait_ready(replica: &Replica, ready: bool) -> Value {
+    wait_for(&format!("{} ready={ready}", replica.id), WAIT, || async {
+        let (status, body) = readyz(replica).await;
+        ((status == 200) == ready).then_some(body)
+    })
+    .await
+}
+
+/// The `n` of every event in `channel`'s history, read from Redis itself.
+pub async fn history_seqs(redis: &Redis, channel: &str) -> std::collections::HashSet<u64> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis
+        .cmd(&["XRANGE", &format!("sseplane:h:{{{channel}}}"), "-", "+"])
+        .await;
+    entries
+        .iter()
+        .filter_map(|(_, fields)| fields.iter().find(|(k, _)| k == "m"))
+        .filter_map(|(_, envelope)| {
+            let data = envelope.rsplit('\n').next()?;
+            serde_json::from_str::<Value>(data).ok()?["n"].as_u64()
+        })
+        .collect()
+}
