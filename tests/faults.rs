@@ -13,6 +13,13 @@ use common::proxy::Proxy;
 use common::*;
 use serde_json::{json, Value};
 
+/// Sends `signal` to process `pid`.
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory preconditions.
+    let sent = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(sent, 0, "kill({pid}, {signal})");
+}
+
 /// Publishes `n` and returns the status and body, however long it takes.
 async fn publish_n(url: &str, channel: &str, n: u64) -> (u16, Value) {
     post_json(url, &json!({"channel": channel, "data": {"n": n}})).await
@@ -99,12 +106,8 @@ async fn a_frozen_redis_never_hangs_a_publish_and_503s_stay_unpublished() {
     let replica = Replica::start("r0", Some(&redis), &["--retry", "200ms"]).await;
     let mut open = Subscriber::connect(vec![replica.stream_url(&["frozen"])], None).await;
     publish(&replica, "frozen", json!({"n": 0})).await;
-    let pid = redis.pid().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let pid = redis.pid();
+    signal(pid, libc::SIGSTOP);
     let body = wait_ready(&replica, false).await;
     assert_eq!(body["checks"]["redis"]["ok"], false, "{body}");
     let url = replica.url("/v1/publish");
@@ -119,11 +122,7 @@ async fn a_frozen_redis_never_hangs_a_publish_and_503s_stay_unpublished() {
         }
     }
     assert!(!refused.is_empty(), "an unready replica refuses up front");
-    assert!(std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(pid, libc::SIGCONT);
     wait_ready(&replica, true).await;
     let history = history_seqs(&redis, "frozen").await;
     for n in &refused {

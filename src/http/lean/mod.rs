@@ -582,15 +582,21 @@ fn unsent_bytes(tcp: &TcpStream) -> usize {
 /// when the socket takes nothing for `timeout`.
 async fn write_all(tcp: &TcpStream, mut bytes: &[u8], timeout: Duration) -> io::Result<()> {
     while !bytes.is_empty() {
-        tokio::time::timeout(timeout, tcp.writable())
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         match tcp.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
+            Ok(n) => {
+                bytes = &bytes[n..];
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
+        // The socket is full: wait for room, at most `timeout`. The timer is
+        // boxed, made only when needed: inline, it would size the future of
+        // every idle stream that ever writes.
+        Box::pin(tokio::time::timeout(timeout, tcp.writable()))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     }
     Ok(())
 }
