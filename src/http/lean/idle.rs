@@ -26,6 +26,9 @@ use tokio::sync::Notify;
 /// been idle this long.
 pub(super) const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 
+/// A connection idle for less than this is never closed to make room.
+const FRESH: Duration = Duration::from_millis(100);
+
 /// The idle connections of one listener, oldest first.
 pub(super) struct IdleConnections {
     /// Most idle connections at once; 0 = no cap.
@@ -105,10 +108,21 @@ impl IdleConnections {
 
     /// Closes up to `n` of the oldest idle connections (descriptors ran out);
     /// how many.
+    /// Connections idle for less than [`FRESH`] are spared: their request
+    /// is most likely on its way, and closing one to accept another gains
+    /// nothing.
     pub(super) fn close_oldest(&self, n: usize) -> usize {
         let mut inner = self.lock();
+        let now = Instant::now();
         let mut closed = 0;
         while closed < n {
+            let fresh = inner
+                .waiting
+                .first_key_value()
+                .is_none_or(|(_, (since, _))| now.duration_since(*since) < FRESH);
+            if fresh {
+                break;
+            }
             let Some((_, (_, oldest))) = inner.waiting.pop_first() else {
                 break;
             };
@@ -197,7 +211,8 @@ mod tests {
             "a wave of new connections"
         );
         assert_eq!(set.len(), 5);
-        // Out of descriptors, the oldest go whatever their age.
+        // Out of descriptors, the oldest go whatever their grace.
+        std::thread::sleep(FRESH);
         assert_eq!(set.close_oldest(2), 2);
         assert!(is_closed(&all[0]) && is_closed(&all[1]));
     }
@@ -206,6 +221,12 @@ mod tests {
     async fn running_out_of_descriptors_closes_the_oldest() {
         let set = IdleConnections::new(0);
         let all: Vec<_> = (0..5).map(|_| set.enter()).collect();
+        assert_eq!(
+            set.close_oldest(3),
+            0,
+            "a connection just accepted is spared"
+        );
+        std::thread::sleep(FRESH);
         assert_eq!(set.close_oldest(3), 3);
         let closed: Vec<bool> = all.iter().map(is_closed).collect();
         assert_eq!(closed, [true, true, true, false, false]);
