@@ -251,7 +251,7 @@ async fn one_trace_follows_an_event_to_every_replica() {
         ["r0", "r1"],
         "one delivery span per replica with subscribers, none from r2"
     );
-    // The trace as a tree (shown with --nocapture; the README's rendering).
+    // The trace as a tree (shown with --nocapture; docs/observability.md's rendering).
     let mut deliveries: Vec<_> = spans
         .iter()
         .filter(|s| s.name == "sseplane.deliver")
