@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::duration::parse_duration;
 use crate::policy::{EffectivePolicy, Retention};
 
 /// The `sseplane` command line.
@@ -273,11 +274,6 @@ pub enum Toggle {
     On,
     /// Never.
     Off,
-}
-
-/// Parses `250ms`, `15s`, `1h`, `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 250ms, 15s, 1h)"))
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ pub struct Hub {
     // Handles looked up once: the per-event path only adds to them.
     delivered: metrics::Counter,
     lag: metrics::Histogram,
-    /// Parked queues with deliveries since the last [`EventSink::flush`].
+    /// Parked queues with deliveries since the last [`EventSink::end_of_batch`].
     to_flush: Mutex<Vec<Arc<Connection>>>,
 }
 
@@ -414,7 +414,7 @@ impl EventSink for Hub {
         }
     }
 
-    fn flush(&self) {
+    fn end_of_batch(&self) {
         let mut batch = std::mem::take(&mut *self.to_flush.lock().expect("hub lock"));
         if batch.is_empty() {
             return;

@@ -11,7 +11,7 @@
 //! - [`event`]: positions, validated names, envelopes, frames;
 //! - [`policy`]: what applies to a channel: the `ChannelPolicy` CRD, the
 //!   store that resolves channels, and its sources (files, the cluster);
-//! - [`yaml`]: YAML behind one module;
+//! - [`yaml`]: YAML behind one module; [`duration`]: how durations are written;
 //! - [`config`], [`server`], [`shutdown`], [`telemetry`]: running the service;
 //! - [`client`], [`cli`]: an SSE client and the `publish`/`watch` commands.
 
@@ -21,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod duration;
 pub mod event;
 pub mod file_watch;
 #[doc(hidden)]

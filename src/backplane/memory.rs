@@ -147,7 +147,7 @@ impl Backplane for MemoryBackplane {
             positions.push(position);
         }
         if let Some(sink) = self.sink.get() {
-            sink.flush();
+            sink.end_of_batch();
         }
         Box::pin(future::ready(Ok(positions)))
     }
@@ -158,7 +158,7 @@ impl Backplane for MemoryBackplane {
     ) -> BoxFuture<'a, Result<usize, BackplaneError>> {
         if let Some(sink) = self.sink.get() {
             sink.deliver_broadcast(body);
-            sink.flush();
+            sink.end_of_batch();
         }
         Box::pin(future::ready(Ok(1)))
     }

@@ -143,7 +143,7 @@ pub trait EventSink: Send + Sync + 'static {
     /// Ends a batch of deliveries: what was queued for parked streams is written
     /// now. A backplane calls it after every run of `deliver*` calls (after each
     /// message it received, or after the messages that were ready at once).
-    fn flush(&self);
+    fn end_of_batch(&self);
     /// The last position of `channel` handed to this sink, if it has subscribers.
     fn position(&self, channel: &str) -> Option<Position>;
     /// This replica's figures, for the cluster view.

@@ -689,7 +689,7 @@ impl Subscriber {
         for (position, body) in &history.events {
             self.sink.deliver(channel, *position, body);
         }
-        self.sink.flush();
+        self.sink.end_of_batch();
         Ok(())
     }
 
@@ -722,7 +722,7 @@ impl Subscriber {
                     Some(message) => {
                         self.on_message(&message);
                         let ended = self.on_ready_messages(&mut stream);
-                        self.sink.flush();
+                        self.sink.end_of_batch();
                         if ended {
                             return;
                         }

@@ -73,7 +73,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
     /// How long to publish (latency, fanout).
-    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub duration: Duration,
     /// Most events to publish (fanout; 0 = bounded by time only).
     #[arg(long, default_value_t = 0)]
@@ -85,7 +85,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
     /// How long to hold the streams open (idle).
-    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub hold: Duration,
     /// Server process to sample for CPU and memory (repeat for several).
     #[arg(long = "pid")]
@@ -94,13 +94,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub redis_url: Option<String>,
     /// How long the clients stay away before resuming (resume-storm).
-    #[arg(long, default_value = "3s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = crate::duration::parse_duration)]
     pub behind: Duration,
     /// The receiving replica's `/readyz`, polled during the wave (resume-storm).
     #[arg(long)]
     pub readyz_url: Option<String>,
     /// Longest life of one stream (churn).
-    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
     pub lifetime: Duration,
     /// Print progress every second.
     #[arg(long)]

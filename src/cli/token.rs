@@ -39,7 +39,7 @@ pub struct TokenArgs {
     #[arg(long)]
     pub publish: Vec<String>,
     /// Lifetime (`exp` = now + ttl); `0s` for a token that never expires.
-    #[arg(long, default_value = "1h", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = crate::duration::parse_duration)]
     pub ttl: Duration,
     /// Subject (`sub`): who the token is for.
     #[arg(long)]

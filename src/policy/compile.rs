@@ -116,7 +116,7 @@ pub fn compare_matches(
 }
 
 fn duration(field: &str, text: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(text).map_err(|e| format!("{field}: {e}"))
+    crate::duration::parse_duration(text).map_err(|e| format!("{field}: {e}"))
 }
 
 /// Validates `document` and fills what it leaves out from `default`.
