@@ -260,21 +260,12 @@ fn unpaired_surrogate(
 /// byte scan that skips strings (brackets inside them do not count).
 pub fn json_depth(text: &str) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = Strings::default();
     for b in text.bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if strings.skips(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -284,6 +275,32 @@ pub fn json_depth(text: &str) -> usize {
         }
     }
     deepest
+}
+
+/// Follows a byte scan of JSON text through its strings.
+#[derive(Default)]
+struct Strings {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    /// Takes the next byte; true when it belongs to a string (quotes included).
+    fn skips(&mut self, b: u8) -> bool {
+        if self.inside {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.inside = false;
+            }
+            true
+        } else {
+            self.inside = b == b'"';
+            self.inside
+        }
+    }
 }
 
 /// Why published data could not become a [`serde_json::Value`] (which a JSON
@@ -360,21 +377,12 @@ impl<'de> serde::Deserialize<'de> for Members<'de> {
 /// The first number in the JSON `text` that a 64-bit float cannot hold.
 fn unrepresentable_number(text: &str) -> Option<&str> {
     let bytes = text.as_bytes();
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut strings = Strings::default();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if b == b'"' {
-            in_string = true;
+        if strings.skips(b) {
+            // A string byte: nothing to look at.
         } else if b == b'-' || b.is_ascii_digit() {
             let start = i;
             while i < bytes.len()
